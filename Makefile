@@ -1,0 +1,51 @@
+# `make run` and `make test` bootstrap .venv themselves; nothing else is needed on a fresh clone.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# On a Raspberry Pi the venv must see apt's python3-picamera2 (and its numpy < 2 / simplejpeg ABI).
+IS_PI := $(shell grep -qas "Raspberry Pi" /proc/device-tree/model && echo 1)
+VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
+# x86_64: the CPU build of torch lies on local disk; a bare `torch` would pull a multi-GB CUDA build.
+TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,)
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+
+.PHONY: run test test-fast bench capfilt-experiment demo-model screenshot clean
+
+$(PY):
+	python3 -m venv $(VENV_FLAGS) $(VENV)
+	$(PIP) --upgrade pip
+	$(if $(TORCH_PIN),$(PIP) "$(TORCH_PIN)",)
+	$(if $(IS_PI),$(PIP) "numpy<2",)
+
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PIP) -e . $(if $(IS_PI),"numpy<2",)
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) -e ".[dev,train]" $(if $(IS_PI),"numpy<2",)
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/blip-cam
+
+test: $(VENV)/.dev-installed
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.dev-installed
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.dev-installed
+	$(VENV)/bin/blip bench
+
+capfilt-experiment: $(VENV)/.dev-installed
+	$(PY) -m training.experiments.capfilt_effect
+
+demo-model: $(VENV)/.dev-installed
+	$(PY) -m training.experiments.demo_model
+
+screenshot: $(VENV)/.dev-installed
+	QT_QPA_PLATFORM=offscreen $(PY) scripts/screenshot.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,27 @@
+"""blip_core: BLIP (the MED model) for captioning, VQA and image-text matching, fast on a CPU.
+
+>>> import blip_core
+>>> m = blip_core.load("Salesforce/blip-image-captioning-base", precision="int8")
+>>> m.caption("photo.jpg").text
+"""
+
+from pathlib import Path
+
+from .api import Blip, load, physical_cores
+from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, WeightsUnavailableError,
+                     WrongTaskError)
+from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
+
+__version__ = "0.1.0"
+
+
+def demo_model_path() -> Path:
+    """The bundled offline demo model (trained on generated scenes only; see its README)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "blip-scenes-demo"
+
+
+__all__ = [
+    "load", "Blip", "demo_model_path", "physical_cores",
+    "BlipError", "BadImageError", "BadInputError", "CheckpointError", "WeightsUnavailableError", "WrongTaskError",
+    "CaptionResult", "AnswerResult", "MatchResult", "ImageFeatures", "Timings",
+]

@@ -1,0 +1,279 @@
+"""The public API: ``blip_core.load(...)`` returns a ``Blip`` that captions, answers and matches.
+
+Work is done once per image: ``encode_image`` runs the ViT and returns ``ImageFeatures`` in which
+the cross-attention keys/values of the caption decoder and of the question/text encoder are cached
+on first use, so a second caption, a follow-up question or a match on the same frame skips the
+vision encoder and those projections.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoints import LoadReport, materialize, open_checkpoint
+from .config import TASKS
+from .errors import BadInputError, BlipError, WrongTaskError
+from .generation import DecoderSession, DecodingOptions, generate
+from .hub import Progress, fetch, looks_like_hub_id
+from .models import BlipModel
+from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
+from .tokenizer import BlipTokenizer
+
+PRECISIONS = ("fp32", "int8")
+MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length; longer questions are truncated
+MAX_TEXT_TOKENS = 35  # BLIP's retrieval / ITM text length
+
+
+def physical_cores() -> int:
+    """Physical cores (SMT siblings share FPUs, so extra threads only contend)."""
+    try:
+        pairs = set()
+        phys = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("physical id"):
+                phys = line.split(":")[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":")[1].strip()
+                pairs.add((phys, core))
+        if pairs:
+            return max(1, min(len(pairs), len(os.sched_getaffinity(0))))
+    except (OSError, AttributeError):
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+class Blip:
+    """A loaded BLIP model with its tokenizer. Thread-compatible: one call at a time per object."""
+
+    def __init__(self, model: BlipModel, tokenizer: BlipTokenizer, name: str = "", precision: str = "fp32",
+                 report: LoadReport | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.precision = precision
+        self.report = report
+        self.cfg = model.cfg
+
+    # ------------------------------------------------------------ properties
+    @property
+    def tasks(self) -> frozenset[str]:
+        return frozenset(self.cfg.tasks)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.vision.image_size
+
+    def __repr__(self) -> str:
+        return f"Blip({self.name!r}, tasks={'+'.join(self.cfg.tasks)}, {self.precision}, {self.image_size}px)"
+
+    def _require(self, task: str) -> None:
+        if task not in self.cfg.tasks:
+            raise WrongTaskError(
+                f"{self.name or 'this model'} cannot {dict(caption='caption', vqa='answer questions', match='match texts')[task]}: "
+                f"it was loaded for {', '.join(self.cfg.tasks)}; load a {task} checkpoint"
+            )
+
+    # ---------------------------------------------------------------- vision
+    def encode_image(self, image) -> ImageFeatures:
+        """PIL image | HxWx3 uint8 RGB array | path -> reusable ``ImageFeatures``."""
+        if isinstance(image, ImageFeatures):
+            return self._check_features(image)
+        from .preprocess import frame_to_pixels, pixel_values
+
+        t0 = time.perf_counter()
+        if hasattr(image, "shape") and hasattr(image, "dtype"):
+            pixels = frame_to_pixels(image, self.image_size)
+        else:
+            pixels = pixel_values(image, self.image_size)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            embeds = self.model.encode_image(pixels)
+        pre, vis = (t1 - t0) * 1000, _ms(t1)
+        return ImageFeatures(embeds, id(self), Timings(preprocess_ms=pre, vision_ms=vis, total_ms=pre + vis))
+
+    def _check_features(self, f: ImageFeatures) -> ImageFeatures:
+        if f.model_key != id(self):
+            raise BadInputError("these image features were encoded by another model; pass the image instead")
+        return f
+
+    def _features(self, image) -> tuple[ImageFeatures, Timings]:
+        """Features plus the vision timings this call paid (zero when they were reused)."""
+        if isinstance(image, ImageFeatures):
+            return self._check_features(image), Timings()
+        f = self.encode_image(image)
+        return f, f.timings
+
+    def _cross_kv(self, f: ImageFeatures, part: str):
+        """Per-image cross-attention keys/values of ``part``, cached in the features."""
+        if part not in f.cache:
+            with torch.inference_mode():
+                f.cache[part] = getattr(self.model, part).cross_kv(f.embeds)
+        return f.cache[part]
+
+    # ------------------------------------------------------------- captions
+    def caption(self, image, prompt: str = "a picture of ", max_new_tokens: int = 20, min_new_tokens: int = 5,
+                num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9,
+                repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: int | None = None) -> CaptionResult:
+        """Caption an image (or features). ``prompt`` conditions the caption and is not part of the
+        returned text; ``strategy`` defaults to beam search when ``num_beams > 1``, else greedy."""
+        self._require("caption")
+        opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
+                                     min_new_tokens=min(min_new_tokens, max_new_tokens), top_p=top_p,
+                                     repetition_penalty=repetition_penalty,
+                                     num_return_sequences=num_return_sequences, seed=seed)
+        if not isinstance(prompt, str):
+            raise BadInputError("prompt must be text")
+        prompt_ids = self.tokenizer.prompt_ids(prompt)
+        if len(prompt_ids) + max_new_tokens > self.cfg.text.max_positions:
+            raise BadInputError(f"prompt too long: {len(prompt_ids)} tokens + {max_new_tokens} new exceed "
+                                f"the model's {self.cfg.text.max_positions} positions")
+        t0 = time.perf_counter()
+        f, vt = self._features(image)
+        t1 = time.perf_counter()
+        session = DecoderSession(self.model.text_decoder, self._cross_kv(f, "text_decoder"))
+        hyps = generate(session, torch.tensor([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
+                        pad_id=self.tokenizer.pad_id)[0]
+        texts = tuple(self.tokenizer.continuation(prompt_ids, h.tokens) for h in hyps)
+        timings = Timings(vt.preprocess_ms, vt.vision_ms, 0.0, _ms(t1), _ms(t0))
+        return CaptionResult(texts[0], hyps[0].tokens, timings, prompt, texts)
+
+    # -------------------------------------------------------------- answers
+    def _question_states(self, f: ImageFeatures, question: str):
+        if not isinstance(question, str) or not question.strip():
+            raise BadInputError("the question is empty; type a question about the image")
+        ids, mask = self.tokenizer(question.strip(), first="enc", max_length=MAX_QUESTION_TOKENS)
+        with torch.inference_mode():
+            states = self.model.encode_question(f.embeds, ids, mask, cross_kv=self._cross_kv(f, "text_encoder"))
+        return states, mask
+
+    def answer(self, image, question: str, answers: Sequence[str] | None = None, max_new_tokens: int = 10,
+               min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None, k: int = 128) -> AnswerResult:
+        """Answer a question about an image (or features): generated, or chosen from ``answers``
+        (BLIP's rank mode: the ``k`` answers whose first token is likeliest are scored in full)."""
+        self._require("vqa")
+        t0 = time.perf_counter()
+        f, vt = self._features(image)
+        t1 = time.perf_counter()
+        states, mask = self._question_states(f, question)
+        t2 = time.perf_counter()
+        kv = self.model.answer_decoder.cross_kv(states)
+        if answers is not None:
+            ranked = self._rank(kv, mask, answers, k)
+            text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
+        else:
+            opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
+                                         min_new_tokens=min(min_new_tokens, max_new_tokens))
+            session = DecoderSession(self.model.answer_decoder, kv, mask)
+            hyp = generate(session, torch.tensor([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
+                           pad_id=self.tokenizer.pad_id)[0][0]
+            text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
+        timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, _ms(t2), _ms(t0))
+        return AnswerResult(text, question, tuple(ids), timings, tuple(ranked))
+
+    def _rank(self, kv, q_mask, answers: Sequence[str], k: int) -> list[tuple[str, float]]:
+        answers = [a for a in dict.fromkeys(a.strip() for a in answers if isinstance(a, str)) if a]
+        if not answers:
+            raise BadInputError("the answer list is empty")
+        ids, mask = self.tokenizer(answers, first="dec", max_length=MAX_TEXT_TOKENS)
+        dec = self.model.answer_decoder
+        with torch.inference_mode():
+            # 1) one step from [DEC]: keep the k answers whose first token is likeliest
+            first = dec.logits(dec(ids[:1, :1], mode="decoder", cross_kv=kv, encoder_mask=q_mask)[:, -1])
+            first_logp = first.log_softmax(-1)[0, ids[:, 1]]
+            top = first_logp.topk(min(k, len(answers))).indices
+            # 2) teacher-force those answers (the question's keys/values shared by all of them)
+            logits = dec.logits(dec(ids[top], mask[top], mode="decoder", cross_kv=kv, encoder_mask=q_mask))
+            logp = logits[:, :-1].log_softmax(-1).gather(2, ids[top, 1:, None]).squeeze(2)
+            scores = (logp * mask[top, 1:]).sum(1)
+        order = scores.argsort(descending=True)
+        return [(answers[int(top[i])], float(scores[i])) for i in order]
+
+    # -------------------------------------------------------------- matching
+    def match(self, image, texts: Sequence[str]) -> list[MatchResult]:
+        """ITM match probability (``[ENC]`` + cross-attention) and ITC cosine for each text."""
+        self._require("match")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise BadInputError("give one or more non-empty texts to match")
+        f, _ = self._features(image)
+        enc_ids, enc_mask = self.tokenizer(list(texts), first="enc", max_length=MAX_TEXT_TOKENS)
+        cls_ids, cls_mask = self.tokenizer(list(texts), first="cls", max_length=MAX_TEXT_TOKENS)
+        with torch.inference_mode():
+            itm = self.model.itm_logits(f.embeds, enc_ids, enc_mask, cross_kv=self._cross_kv(f, "text_encoder"))
+            itm = itm.softmax(-1)[:, 1]
+            itc = self.model.text_features(cls_ids, cls_mask) @ self.model.image_features(f.embeds)[0]
+        return [MatchResult(t, float(a), float(c)) for t, a, c in zip(texts, itm, itc)]
+
+    # --------------------------------------------------------------- warm-up
+    def warmup(self) -> None:
+        """Run each loaded task once on a grey image so first real calls are not slowed by lazy
+        kernel initialisation."""
+        import numpy as np
+
+        f = self.encode_image(np.full((self.image_size, self.image_size, 3), 128, dtype=np.uint8))
+        if "caption" in self.tasks:
+            self.caption(f, max_new_tokens=2, min_new_tokens=0)
+        if "vqa" in self.tasks:
+            self.answer(f, "what is this?", max_new_tokens=2)
+        if "match" in self.tasks:
+            self.match(f, ["a picture"])
+
+
+def _parse_tasks(task) -> tuple[str, ...] | None:
+    if task is None:
+        return None
+    tasks = (task,) if isinstance(task, str) else tuple(task)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise BadInputError(f"unknown task {bad or task!r}; use one or more of {', '.join(TASKS)}")
+    return tasks
+
+
+def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None = None, task=None,
+         progress: Progress | None = None, warmup: bool = True) -> Blip:
+    """Load a BLIP checkpoint: a Hugging Face hub id (downloaded once, with progress), a model
+    folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``.
+
+    precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.engine``); threads: intra-op
+    threads (default: physical cores); task: restrict to ``caption``/``vqa``/``match`` (or a list).
+    """
+    if precision not in PRECISIONS:
+        raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise BadInputError("threads must be a positive integer")
+    torch.set_num_threads(threads or physical_cores())
+    tasks = _parse_tasks(task)
+    source_str = os.fspath(source)
+    path = fetch(source_str, progress) if looks_like_hub_id(source_str) else Path(source_str).expanduser()
+    if progress:
+        progress(0.0, f"loading {source_str}")
+    ck = open_checkpoint(path)
+    if precision == "int8":
+        from .engine import materialize_int8
+
+        model = materialize_int8(ck, tasks)
+    else:
+        model = materialize(ck, tasks)
+    tokenizer = BlipTokenizer(ck.vocab)
+    tokenizer.check_model(ck.cfg.text)
+    blip = Blip(model, tokenizer, name=source_str, precision=precision, report=ck.report)
+    if warmup:
+        if progress:
+            progress(1.0, "warming up")
+        blip.warmup()
+    if progress:
+        progress(1.0, f"{source_str} loaded")
+    return blip
+
+
+__all__ = ["Blip", "load", "BlipError", "physical_cores"]

@@ -1,0 +1,113 @@
+"""BLIP tokenizer: a WordPiece vocab (bert-base-uncased for Salesforce checkpoints) plus two
+special tokens appended after it, exactly where the checkpoint's embeddings expect them:
+``[DEC]`` (bos of the decoder, id = vocab size) and ``[ENC]`` (first token of the image-grounded
+encoder, the next id). Works offline from a ``vocab.txt``.
+
+The first token of every sequence selects the MED mode: ``[CLS]`` unimodal text encoder (ITC),
+``[ENC]`` image-grounded encoder (ITM, VQA questions), ``[DEC]`` decoder (captions, answers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+
+from .errors import BadInputError, CheckpointError
+
+BERT_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
+First = Literal["cls", "enc", "dec"]
+
+
+def read_vocab(path: str | Path) -> dict[str, int]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read vocabulary {path}: {e}") from e
+    vocab = {tok: i for i, tok in enumerate(lines)}
+    for required in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+        if required not in vocab:
+            raise CheckpointError(f"vocabulary {path} has no {required} token; is it a BERT WordPiece vocab.txt?")
+    return vocab
+
+
+class BlipTokenizer:
+    def __init__(self, vocab_file: str | Path = BERT_VOCAB):
+        self.vocab_file = Path(vocab_file)
+        vocab = read_vocab(vocab_file)
+        self.wordpiece_size = len(vocab)
+        tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        # bert-base-uncased: clean text, split CJK characters, lower-case and strip accents
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        tok.add_special_tokens(["[DEC]", "[ENC]"])
+        self._tok = tok
+        self.pad_id, self.unk_id = vocab["[PAD]"], vocab["[UNK]"]
+        self.cls_id, self.sep_id = vocab["[CLS]"], vocab["[SEP]"]
+        self.dec_id, self.enc_id = tok.token_to_id("[DEC]"), tok.token_to_id("[ENC]")
+        self._first = {"cls": self.cls_id, "enc": self.enc_id, "dec": self.dec_id}
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows the embeddings need: WordPiece tokens + [DEC] + [ENC]."""
+        return self.wordpiece_size + 2
+
+    def check_model(self, text_cfg) -> None:
+        """Refuse a vocabulary whose special ids differ from what the checkpoint was trained with."""
+        ours = (self.vocab_size, self.dec_id, self.enc_id, self.pad_id, self.sep_id)
+        theirs = (text_cfg.vocab_size, text_cfg.dec_id, text_cfg.enc_id, text_cfg.pad_id, text_cfg.sep_id)
+        if ours != theirs:
+            raise CheckpointError(
+                f"vocabulary {self.vocab_file} does not fit the model: (size, [DEC], [ENC], [PAD], [SEP]) "
+                f"= {ours} vs the model's {theirs}; put the checkpoint's own vocab.txt next to it"
+            )
+
+    def tokens(self, text: str) -> list[int]:
+        """Word-piece ids of ``text`` without special tokens."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        first: First = "cls",
+        max_length: int = 35,
+        padding: Literal["longest", "max_length"] = "longest",
+        add_sep: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (ids, mask), both LongTensor [B, T]: ``<first> pieces... [SEP] [PAD]...``,
+        truncated to ``max_length`` tokens (``[SEP]`` kept), right-padded."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise BadInputError("no texts given")
+        budget = max_length - (2 if add_sep else 1)
+        rows = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise BadInputError(f"expected text, got {type(text).__name__}")
+            rows.append([self._first[first]] + self.tokens(text)[:budget] + ([self.sep_id] if add_sep else []))
+        width = max_length if padding == "max_length" else max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """``[DEC]`` + the prompt's pieces, without ``[SEP]`` (so the decoder continues it)."""
+        return [self.dec_id] + self.tokens(prompt)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True).strip()
+
+    def continuation(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+        """Text of ``new_ids`` after a prompt. Decoded together with the prompt so a word-piece that
+        continues the prompt's last word comes out right, then the prompt's text is cut off."""
+        full = self.decode(list(prompt_ids) + list(new_ids))
+        head = self.decode(prompt_ids)
+        return full[len(head):].strip() if head and full.startswith(head) else full
