@@ -18,7 +18,7 @@ import torch
 from .checkpoints import LoadReport, materialize, open_checkpoint
 from .config import TASKS
 from .errors import BadInputError, BlipError, WrongTaskError
-from .generation import DecoderSession, DecodingOptions, generate
+from .generation import DecodingOptions, generate
 from .hub import Progress, fetch, looks_like_hub_id
 from .models import BlipModel
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
@@ -116,7 +116,7 @@ class Blip:
         """Per-image cross-attention keys/values of ``part``, cached in the features."""
         if part not in f.cache:
             with torch.inference_mode():
-                f.cache[part] = getattr(self.model, part).cross_kv(f.embeds)
+                f.cache[part] = self.model.cross_kv(part, f.embeds)
         return f.cache[part]
 
     # ------------------------------------------------------------- captions
@@ -139,7 +139,7 @@ class Blip:
         t0 = time.perf_counter()
         f, vt = self._features(image)
         t1 = time.perf_counter()
-        session = DecoderSession(self.model.text_decoder, self._cross_kv(f, "text_decoder"))
+        session = self.model.decoder_session("text_decoder", self._cross_kv(f, "text_decoder"))
         hyps = generate(session, torch.tensor([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
                         pad_id=self.tokenizer.pad_id)[0]
         texts = tuple(self.tokenizer.continuation(prompt_ids, h.tokens) for h in hyps)
@@ -165,14 +165,15 @@ class Blip:
         t1 = time.perf_counter()
         states, mask = self._question_states(f, question)
         t2 = time.perf_counter()
-        kv = self.model.answer_decoder.cross_kv(states)
+        with torch.inference_mode():
+            kv = self.model.cross_kv("answer_decoder", states)
         if answers is not None:
             ranked = self._rank(kv, mask, answers, k)
             text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
         else:
             opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                          min_new_tokens=min(min_new_tokens, max_new_tokens))
-            session = DecoderSession(self.model.answer_decoder, kv, mask)
+            session = self.model.decoder_session("answer_decoder", kv, mask)
             hyp = generate(session, torch.tensor([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
                            pad_id=self.tokenizer.pad_id)[0][0]
             text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
@@ -184,16 +185,19 @@ class Blip:
         if not answers:
             raise BadInputError("the answer list is empty")
         ids, mask = self.tokenizer(answers, first="dec", max_length=MAX_TEXT_TOKENS)
-        dec = self.model.answer_decoder
         with torch.inference_mode():
             # 1) one step from [DEC]: keep the k answers whose first token is likeliest
-            first = dec.logits(dec(ids[:1, :1], mode="decoder", cross_kv=kv, encoder_mask=q_mask)[:, -1])
-            first_logp = first.log_softmax(-1)[0, ids[:, 1]]
-            top = first_logp.topk(min(k, len(answers))).indices
-            # 2) teacher-force those answers (the question's keys/values shared by all of them)
-            logits = dec.logits(dec(ids[top], mask[top], mode="decoder", cross_kv=kv, encoder_mask=q_mask))
-            logp = logits[:, :-1].log_softmax(-1).gather(2, ids[top, 1:, None]).squeeze(2)
-            scores = (logp * mask[top, 1:]).sum(1)
+            session = self.model.decoder_session("answer_decoder", kv, q_mask)
+            first = session.start(ids[:1, :1], group=1).log_softmax(-1)[0]
+            top = first[ids[:, 1]].topk(min(k, len(answers))).indices
+            # 2) teacher-force those answers step by step, all rows sharing the question's keys/values
+            ids, mask = ids[top], mask[top]
+            scores = first[ids[:, 1]].clone()
+            session = self.model.decoder_session("answer_decoder", kv, q_mask)
+            session.start(ids[:1, :1], group=len(top))
+            for t in range(1, ids.shape[1] - 1):
+                logp = session.step(ids[:, t], None).log_softmax(-1)
+                scores += logp.gather(1, ids[:, t + 1, None]).squeeze(1) * mask[:, t + 1]
         order = scores.argsort(descending=True)
         return [(answers[int(top[i])], float(scores[i])) for i in order]
 

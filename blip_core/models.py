@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BlipConfig
+from .generation import DecoderSession
 from .text import KV, TextTransformer
 from .vision import VisionTransformer
 
@@ -52,6 +53,14 @@ class BlipModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] -> image_embeds [B, 1 + N, Dv]."""
         return self.vision(pixels)
+
+    def cross_kv(self, part: str, states: torch.Tensor) -> list[KV]:
+        """Cross-attention keys/values of text stack ``part`` over ``states`` [B, N, C]."""
+        return getattr(self, part).cross_kv(states)
+
+    def decoder_session(self, part: str, cross_kv: list[KV], cross_mask: torch.Tensor | None = None) -> DecoderSession:
+        """A step-wise decoder over ``text_decoder`` (captions) or ``answer_decoder`` (VQA)."""
+        return DecoderSession(getattr(self, part), cross_kv, cross_mask)
 
     # ------------------------------------------------------------ contrastive
     def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,176 @@
+"""The ``blip`` command: caption, ask, match, bench, export and inspect from a shell.
+
+User errors (a bad image, an offline hub, a wrong checkpoint) print one line on stderr and exit 2;
+in a batch, the other images are still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import BlipError
+
+DEFAULT_MODELS = {
+    "caption": "Salesforce/blip-image-captioning-base",
+    "vqa": "Salesforce/blip-vqa-base",
+    "match": "Salesforce/blip-itm-base-coco",
+}
+
+
+def _fail(message: str) -> None:
+    print(f"blip: error: {message}", file=sys.stderr)
+
+
+def _load(args, task: str):
+    from . import demo_model_path, load
+
+    source = args.model or DEFAULT_MODELS[task]
+    try:
+        return load(source, precision=args.precision, threads=args.threads, task=None if args.model else task)
+    except BlipError as e:
+        hint = ""
+        if args.model is None and demo_model_path().exists():
+            hint = f" (offline? try --model {demo_model_path()}, the bundled scene-world demo model)"
+        raise BlipError(f"{e}{hint}") from e
+
+
+def _emit(args, record: dict, line: str) -> None:
+    print(json.dumps(record, ensure_ascii=False) if args.json else line, flush=True)
+
+
+def cmd_caption(args) -> int:
+    m = _load(args, "caption")
+    failed = 0
+    for path in args.images:
+        try:
+            r = m.caption(path, prompt=args.prompt, num_beams=args.beams, strategy=args.strategy,
+                          max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+        except BlipError as e:
+            failed += 1
+            _fail(f"{path}: {e}")
+            if args.json:
+                _emit(args, {"image": str(path), "error": str(e)}, "")
+            continue
+        prefix = f"{path}: " if len(args.images) > 1 else ""
+        _emit(args, {"image": str(path), "caption": r.text, "prompt": r.prompt, "tokens": len(r.token_ids),
+                     "timings_ms": r.timings.as_dict()}, f"{prefix}{r.text}")
+    return 2 if failed else 0
+
+
+def cmd_ask(args) -> int:
+    m = _load(args, "vqa")
+    answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
+    r = m.answer(args.image, args.question, answers=answers, num_beams=args.beams)
+    _emit(args, {"image": str(args.image), "question": args.question, "answer": r.text,
+                 "ranked": r.ranked[:5], "timings_ms": r.timings.as_dict()}, r.text)
+    return 0
+
+
+def cmd_match(args) -> int:
+    m = _load(args, "match")
+    results = m.match(args.image, args.texts)
+    for r in results:
+        _emit(args, {"image": str(args.image), "text": r.text, "itm": r.itm, "itc": r.itc},
+              f"itm {r.itm:.4f}  itc {r.itc:+.4f}  {r.text}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoints import export_hf, load_model
+
+    model, tok, report = load_model(args.model)
+    out = export_hf(model, args.output, tok, task=args.task)
+    print(f"{report.summary()}\nwrote {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoints import load_model
+
+    model, _, report = load_model(args.model)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{report.summary()}\n{n / 1e6:.1f}M parameters; {model.cfg.vision.image_size}px; "
+          f"vision {model.cfg.vision.width}x{model.cfg.vision.layers}, text {model.cfg.text.width}x{model.cfg.text.layers}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub id, model folder or .pth (default: the Salesforce checkpoint for the task)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blip", description="BLIP captioning, VQA and image-text matching on the CPU")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("caption", help="caption one or more images")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--prompt", default="a picture of ", help='conditional prompt (default "a picture of "; "" for none)')
+    p.add_argument("--beams", type=int, default=1, help="beam search with N beams (1 = greedy)")
+    p.add_argument("--strategy", choices=("greedy", "beam", "nucleus"), default=None)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--min-new-tokens", type=int, default=5)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for nucleus sampling")
+    _common(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("ask", help="answer a question about an image")
+    p.add_argument("image", type=Path)
+    p.add_argument("question")
+    p.add_argument("--answers", help="comma-separated answer list to rank instead of generating")
+    p.add_argument("--beams", type=int, default=1)
+    _common(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("match", help="score how well texts match an image (ITM probability, ITC cosine)")
+    p.add_argument("image", type=Path)
+    p.add_argument("texts", nargs="+")
+    _common(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("export", help="write a checkpoint in the Hugging Face BLIP layout")
+    p.add_argument("model")
+    p.add_argument("output", type=Path)
+    p.add_argument("--task", choices=("caption", "vqa", "match"), default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="load a checkpoint and print its report")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="side-by-side speed/memory benchmark; rewrites docs/benchmarks.md")
+    from .bench import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BlipError as e:
+        _fail(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
