@@ -65,15 +65,16 @@ class TextAttention(nn.Module):
         their queries are folded into the time axis of one attention call."""
         R, T, D = x.shape
         k, v = kv
-        B = k.shape[0]
+        B, h, hd = k.shape[0], self.heads, D // self.heads
         q = self._split(self.query(x))
-        if R != B:
-            g = R // B
-            q = q.reshape(B, g, self.heads, T, -1).transpose(1, 2).reshape(B, self.heads, g * T, -1)
+        # exported graphs take the grouped form whatever the example shapes were
+        grouped = R != B or torch.onnx.is_in_onnx_export()
+        if grouped:
+            q = q.reshape(B, -1, h, T, hd).transpose(1, 2).reshape(B, h, -1, hd)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        if R != B:
-            ctx = ctx.reshape(B, self.heads, g, T, -1).transpose(1, 2).reshape(R, self.heads, T, -1)
-        ctx = ctx.transpose(1, 2).reshape(R, T, D)
+        if grouped:
+            ctx = ctx.reshape(B, h, -1, T, hd).transpose(1, 2).reshape(-1, h, T, hd)
+        ctx = ctx.transpose(1, 2).reshape(-1, T, D)
         return self.norm(x + self.proj(ctx))
 
 

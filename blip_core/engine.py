@@ -1,0 +1,356 @@
+"""The int8 engine behind ``precision="int8"``: ONNX Runtime with int8 weights.
+
+Why ONNX Runtime: measured side by side on the same weights (docs/benchmarks.md), its dynamic
+int8 MatMul beat PyTorch's eager int8 paths (``torch.ao`` dynamic quantisation, torchao) on both
+the compute-bound ViT and the memory-bound decoder step, and its MLAS kernels use the Cortex-A76's
+``sdot`` instructions on a Raspberry Pi 5 (wheels exist for x86_64 and aarch64).
+
+What is quantised: the weight matrices of every Linear (int8, per output channel) with int8
+activations quantised on the fly; attention score/value products, softmax and LayerNorm stay fp32
+(``MatMulConstBOnly``); the word embeddings are stored int8 too. The model is split in graphs
+that mirror the fp32 path: the ViT; per text stack the cross-attention keys/values of an image (or
+question); one decoding step (self-attention cache in, grown cache out, cross keys/values shared
+by all rows of an image); and the bidirectional encoder (question, ITM and ITC modes).
+
+Converting needs the fp32 weights once, one part at a time (the ViT, then each text stack), so no
+full fp32 copy of the model is ever in memory; the int8 graphs are cached on disk
+(``$BLIPCAM_CACHE`` or ``~/.cache/blipcam``) and later loads read only them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import Checkpoint, _rename, _set_tensor
+from .config import BlipConfig
+from .errors import BadInputError, CheckpointError
+from .models import BlipModel
+from .text import TextTransformer, padding_mask
+
+log = logging.getLogger(__name__)
+ENGINE_VERSION = 1
+HEADS = ("vision_proj", "text_proj", "itm_head")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BLIPCAM_CACHE") or Path.home() / ".cache" / "blipcam")
+
+
+def _parts(cfg: BlipConfig) -> list[str]:
+    parts = ["vision"]
+    parts += [p for p, t in (("text_decoder", "caption"), ("answer_decoder", "vqa")) if t in cfg.tasks]
+    if cfg.has_text_encoder:
+        parts.append("text_encoder")
+    return parts
+
+
+def fingerprint(ck: Checkpoint) -> str:
+    """Identity of the converted graphs: the checkpoint files (path, size, mtime), the model
+    config and the engine / ONNX Runtime versions."""
+    import onnxruntime
+
+    src = Path(ck.report.source).resolve()
+    files = sorted(src.iterdir()) if src.is_dir() else [src]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------- graphs
+class VisionGraph(nn.Module):
+    def __init__(self, model: BlipModel):
+        super().__init__()
+        self.vision = model.vision
+
+    def forward(self, pixels):
+        return self.vision(pixels)
+
+
+class CrossKVGraph(nn.Module):
+    """states [B, N, C] -> k0, v0, k1, v1, ... each [B, h, N, hd]."""
+
+    def __init__(self, stack: TextTransformer):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, states):
+        return tuple(t for kv in self.stack.cross_kv(states) for t in kv)
+
+
+class StepGraph(nn.Module):
+    """One decoding step: ids [R, 1], position [1], past k/v per layer [R, h, P, hd] and cross
+    k/v per layer [B, h, N, hd] (R = rows per image x B) -> logits [R, V], presents [R, h, P+1, hd]."""
+
+    def __init__(self, stack: TextTransformer):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, ids, position, *kv):
+        L = len(self.stack.layers)
+        past, cross = kv[: 2 * L], kv[2 * L:]
+        emb = self.stack.embed
+        x = emb.norm(emb.tokens(ids) + emb.positions(position))
+        presents = []
+        for i, layer in enumerate(self.stack.layers):
+            k, v = layer.self_attn.project_kv(x)
+            k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            x = layer.self_attn(x, (k, v))
+            x = layer.cross_attn(x, (cross[2 * i], cross[2 * i + 1]))
+            x = layer.mlp(x)
+        return (self.stack.logits(x[:, -1]), *presents)
+
+
+class EncoderGraph(nn.Module):
+    """Bidirectional encoder: ids, mask [R, T], use_cross [1] (bool), cross k/v per layer
+    [B, h, N, hd] -> hidden [R, T, D]. ``use_cross`` False is the unimodal text mode (ITC): the
+    cross-attention result is discarded, so one graph (one copy of the weights) serves all modes."""
+
+    def __init__(self, stack: TextTransformer):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, ids, mask, use_cross, *cross):
+        x = self.stack.embed(ids)
+        m = mask.bool()[:, None, None, :]
+        for i, layer in enumerate(self.stack.layers):
+            x = layer.self_attn(x, layer.self_attn.project_kv(x), m)
+            x = torch.where(use_cross, layer.cross_attn(x, (cross[2 * i], cross[2 * i + 1])), x)
+            x = layer.mlp(x)
+        return x
+
+
+def _kv_names(prefix: str, L: int) -> list[str]:
+    return [f"{prefix}_{kind}{i}" for i in range(L) for kind in ("k", "v")]
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
+    """Write the fp32 ONNX graphs of one part (its weights must be materialised)."""
+    cfg = model.cfg
+    if part == "vision":
+        s = cfg.vision.image_size
+        path = folder / "vision.onnx"
+        _export(VisionGraph(model), (torch.zeros(1, 3, s, s),), path, ["pixels"], ["embeds"],
+                {"pixels": {0: "B", 2: "H", 3: "W"}, "embeds": {0: "B", 1: "N"}})
+        return [path]
+    stack: TextTransformer = getattr(model, part)
+    t = cfg.text
+    L, h, hd = t.layers, t.heads, t.width // t.heads
+    cross_width = stack.layers[0].cross_attn.key.in_features
+    paths = [folder / f"{part}.cross_kv.onnx"]
+    cross = _kv_names("cross", L)
+    _export(CrossKVGraph(stack), (torch.randn(1, 5, cross_width),), paths[0], ["states"], cross,
+            {"states": {0: "B", 1: "N"}, **{n: {0: "B", 2: "N"} for n in cross}})
+    kv = lambda B, n: tuple(torch.randn(B, h, n, hd) for _ in range(2 * L))  # noqa: E731
+    if stack.lm_head is not None:
+        past, present = _kv_names("past", L), _kv_names("present", L)
+        paths.append(folder / f"{part}.step.onnx")
+        _export(StepGraph(stack), (torch.zeros(2, 1, dtype=torch.long), torch.tensor([3]), *kv(2, 3), *kv(1, 5)),
+                paths[-1], ["ids", "position", *past, *cross], ["logits", *present],
+                {"ids": {0: "R"}, "logits": {0: "R"}, **{n: {0: "R", 2: "P"} for n in past},
+                 **{n: {0: "R", 2: "P1"} for n in present}, **{n: {0: "B", 2: "N"} for n in cross}})
+    else:
+        paths.append(folder / f"{part}.encode.onnx")
+        _export(EncoderGraph(stack), (torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long),
+                                      torch.tensor([True]), *kv(1, 5)),
+                paths[-1], ["ids", "mask", "use_cross", *cross], ["hidden"],
+                {"ids": {0: "R", 1: "T"}, "mask": {0: "R", 1: "T"}, "hidden": {0: "R", 1: "T"},
+                 **{n: {0: "B", 2: "N"} for n in cross}})
+    return paths
+
+
+def quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gather"],
+                     extra_options={"MatMulConstBOnly": True})
+
+
+# ------------------------------------------------------------------ convert
+def convert(ck: Checkpoint, folder: Path, quantized: bool = True) -> None:
+    """Export and quantise every part of ``ck`` into ``folder``, one part's fp32 weights at a time.
+    ``quantized=False`` keeps the fp32 graphs (to test the export apart from quantisation)."""
+    rename = _rename(ck)
+    with torch.device("meta"):
+        model = BlipModel(ck.cfg)
+    wanted = model.state_dict(keep_vars=True)
+    missing = [k for k in wanted if k not in rename]
+    if missing:
+        raise CheckpointError(f"{ck.report.source} lacks {len(missing)} weights (e.g. {missing[0]})")
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        for part in _parts(ck.cfg):
+            _fill(model, ck, rename, part)
+            for path in export_part(model, part, tmp):
+                target = tmp / path.name.replace(".onnx", ".int8.onnx")
+                if quantized:
+                    quantize(path, target)
+                    path.unlink()
+                else:
+                    path.rename(target)
+            getattr(model, part).to("meta")  # free this part's fp32 weights before the next
+        heads = {k: ck.tensors.get(rename[k]).float() for k in wanted if k.startswith(HEADS)}
+        torch.save(heads, tmp / "heads.pt")
+        (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
+    from .vision import resample_pos_embed
+
+    for name, meta in model.state_dict(keep_vars=True).items():
+        if not name.startswith(part + "."):
+            continue
+        value = ck.tensors.get(rename[name]).float()
+        if name == "vision.pos_embed" and value.shape != meta.shape:
+            value = resample_pos_embed(value, ck.cfg.vision.grid)
+        if value.shape != meta.shape:
+            raise CheckpointError(f"{rename[name]} has shape {tuple(value.shape)}, the model expects {tuple(meta.shape)}")
+        _set_tensor(model, name, value)
+
+
+# ------------------------------------------------------------------ runtime
+class OrtModel:
+    """Duck-types the parts of ``BlipModel`` that ``blip_core.api.Blip`` uses."""
+
+    def __init__(self, cfg: BlipConfig, folder: Path, threads: int):
+        import onnxruntime as ort
+
+        self.cfg = cfg
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {p.name[: -len(".int8.onnx")]: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                         for p in sorted(folder.glob("*.int8.onnx"))}
+        self.heads = nn.Module()
+        state = torch.load(folder / "heads.pt", weights_only=True)
+        if "match" in cfg.tasks:
+            e, vw, tw = cfg.embed_dim, cfg.vision.width, cfg.text.width
+            self.heads.vision_proj, self.heads.text_proj, self.heads.itm_head = (
+                nn.Linear(vw, e), nn.Linear(tw, e), nn.Linear(tw, 2))
+            self.heads.load_state_dict(state)
+
+    def eval(self):
+        return self
+
+    def _run(self, name: str, feed: dict) -> list[np.ndarray]:
+        return self.sessions[name].run(None, feed)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run("vision", {"pixels": pixels.numpy()})[0])
+
+    def cross_kv(self, part: str, states) -> list[np.ndarray]:
+        states = states.numpy() if isinstance(states, torch.Tensor) else states
+        return self._run(f"{part}.cross_kv", {"states": np.ascontiguousarray(states, dtype=np.float32)})
+
+    def decoder_session(self, part: str, cross_kv: list[np.ndarray], cross_mask=None) -> "OrtDecoderSession":
+        if cross_mask is not None and not bool(cross_mask.all()):
+            raise BadInputError("the int8 engine decodes one unpadded question at a time")
+        return OrtDecoderSession(self.sessions[f"{part}.step"], cross_kv, self.cfg)
+
+    def _encode(self, ids, mask, cross_kv: list[np.ndarray] | None) -> torch.Tensor:
+        t = self.cfg.text
+        if cross_kv is None:  # text mode: cross-attention is computed on a dummy and discarded
+            dummy = np.zeros((1, t.heads, 1, t.width // t.heads), np.float32)
+            cross_kv, use = [dummy] * (2 * t.layers), np.array([False])
+        else:
+            use = np.array([True])
+        feed = {"ids": ids.numpy(), "mask": mask.numpy(), "use_cross": use,
+                **dict(zip(_kv_names("cross", t.layers), cross_kv))}
+        return torch.from_numpy(self._run("text_encoder.encode", feed)[0])
+
+    def encode_question(self, image_embeds, ids, mask, cross_kv=None) -> torch.Tensor:
+        return self._encode(ids, mask, cross_kv if cross_kv is not None else self.cross_kv("text_encoder", image_embeds))
+
+    def itm_logits(self, image_embeds, ids, mask, cross_kv=None) -> torch.Tensor:
+        return self.heads.itm_head(self.encode_question(image_embeds, ids, mask, cross_kv)[:, 0])
+
+    def text_features(self, ids, mask) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.heads.text_proj(self._encode(ids, mask, None)[:, 0]), dim=-1)
+
+    def image_features(self, image_embeds) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.heads.vision_proj(image_embeds[:, 0]), dim=-1)
+
+
+class OrtDecoderSession:
+    """``StepDecoder`` over an exported step graph; the prompt is fed one token at a time."""
+
+    def __init__(self, session, cross_kv: list[np.ndarray], cfg: BlipConfig):
+        t = cfg.text
+        self.session, self.L = session, t.layers
+        self.shape = (t.heads, t.width // t.heads)
+        self.cross = dict(zip(_kv_names("cross", t.layers), cross_kv))
+        self.past: list[np.ndarray] = []
+        self.position = 0
+
+    def _run(self, ids: np.ndarray) -> torch.Tensor:
+        feed = {"ids": ids.astype(np.int64).reshape(-1, 1), "position": np.array([self.position], np.int64),
+                **dict(zip(_kv_names("past", self.L), self.past)), **self.cross}
+        logits, *self.past = self.session.run(None, feed)
+        self.position += 1
+        return torch.from_numpy(logits)
+
+    def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
+        B = prompt_ids.shape[0]
+        self.past = [np.zeros((B, *self.shape[:1], 0, self.shape[1]), np.float32) for _ in range(2 * self.L)]
+        self.position = 0
+        ids = prompt_ids.numpy()
+        for t in range(ids.shape[1]):
+            logits = self._run(ids[:, t])
+        if group > 1:
+            rows = np.repeat(np.arange(B), group)
+            self.past = [p[rows] for p in self.past]
+            logits = logits[torch.from_numpy(rows)]
+        return logits
+
+    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        if rows is not None:
+            idx = rows.numpy()
+            self.past = [p[idx] for p in self.past]
+        return self._run(tokens.numpy())
+
+
+def materialize_int8(ck: Checkpoint, tasks: tuple[str, ...] | None = None, threads: int | None = None) -> OrtModel:
+    """Load ``ck`` as int8 ONNX Runtime graphs, converting (once, cached) if needed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise BadInputError("precision='int8' needs onnxruntime: pip install onnxruntime") from e
+    if tasks:
+        unavailable = [t for t in tasks if t not in ck.cfg.tasks]
+        if unavailable:
+            raise CheckpointError(f"{ck.report.source} has no weights for {', '.join(unavailable)}")
+        ck.cfg = ck.cfg.with_tasks(*tasks)
+    ck.report.tasks = ck.cfg.tasks
+    folder = cache_root() / "int8" / fingerprint(ck)
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
+        convert(ck, folder)
+    ck.report.loaded = len(ck.tensors.keys())
+    return OrtModel(ck.cfg, folder, threads or torch.get_num_threads())
