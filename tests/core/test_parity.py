@@ -212,3 +212,30 @@ def test_salesforce_pth_layout(tmp_path):
         torch.testing.assert_close(vision, ref_vision, atol=1e-3, rtol=0)
         assert _ours_generate(ours, tok, vision, prompt_ids, max_new_tokens=10) == _hf_generate(
             hf, pixels, prompt_ids, max_new_tokens=10)
+
+
+@pytest.mark.slow
+def test_full_blip_base_size(tmp_path):
+    """BLIP-base dimensions (ViT-B/16 at 384 px, BERT-base with 12 heads), seeded weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    hf = transformers.BlipForConditionalGeneration(
+        transformers.BlipConfig(text_config={"num_attention_heads": 12})).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.startswith("vision_model") and p.dim() > 1:
+                p.normal_(0, 0.02)
+    ours, tok, _ = load_model(save_hf(hf, tmp_path / "base"))
+    assert sum(p.numel() for p in ours.parameters()) > 2.2e8
+    pixels = random_pixels(batch=1, size=384, seed=1)
+    prompt_ids = torch.tensor([tok.prompt_ids("a picture of ")])
+    ids, mask = tok(["a picture of a woman sitting on the beach with her dog"], first="dec")
+    with torch.no_grad():
+        vision = ours.encode_image(pixels)
+        torch.testing.assert_close(vision, hf.vision_model(pixels).last_hidden_state, atol=ATOL, rtol=0)
+        torch.testing.assert_close(ours.caption_logits(vision, ids, mask),
+                                   hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits, atol=ATOL, rtol=0)
+        for beams in (1, 3):
+            assert _ours_generate(ours, tok, vision, prompt_ids, num_beams=beams, max_new_tokens=15) == \
+                _hf_generate(hf, pixels, prompt_ids, num_beams=beams, max_new_tokens=15)

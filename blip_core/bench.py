@@ -1,0 +1,344 @@
+"""``blip bench``: transformers vs our fp32 vs our int8, side by side in one process.
+
+Every configuration runs on the same weights (a real checkpoint when given, else BLIP-base size
+with seeded random weights), 384 px, prompt "a picture of ", exactly 20 new tokens (greedy, end
+token suppressed), A/B interleaved over several repeats; we report medians and ratios. Peak memory
+(``VmHWM``) is measured for each configuration in its own process. Results rewrite
+``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import BadInputError
+
+PROMPT = "a picture of "
+NEW_TOKENS = 20
+QUESTION = "what colour is the large shape?"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="captioning checkpoint (default: BLIP-base size, seeded random weights)")
+    p.add_argument("--vqa-model", help="VQA checkpoint (default: BLIP-base size, seeded random weights)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quality-model", default=None,
+                   help="a trained small model for the int8 caption-identity/CIDEr line (default: the demo model)")
+    p.add_argument("--quality-scenes", type=int, default=200)
+    p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument("--no-rss", action="store_true", help="skip the per-process peak-memory runs")
+    p.add_argument("--rss-child", nargs=2, metavar=("CONFIG", "MODEL"), help=argparse.SUPPRESS)
+
+
+# ------------------------------------------------------------- random weights
+def random_checkpoint(task: str, root: Path) -> Path:
+    """BLIP-base-size transformers model with seeded random weights, saved once. transformers
+    initialises the ViT at std 1e-10; we use 0.02 so images steer the outputs like a trained ViT."""
+    folder = root / f"blip-base-random-{task}"
+    if (folder / "config.json").is_file():
+        return folder
+    import transformers
+
+    cls = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering"}[task]
+    torch.manual_seed(0)
+    cfg = transformers.BlipConfig(text_config={"num_attention_heads": 12})
+    model = getattr(transformers, cls)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("vision_model") and p.dim() > 1:
+                p.normal_(0, 0.02)
+    model.save_pretrained(folder)
+    from .tokenizer import BERT_VOCAB
+
+    (folder / "vocab.txt").write_bytes(BERT_VOCAB.read_bytes())
+    return folder
+
+
+# -------------------------------------------------------------------- runners
+def bench_image(size: int = 480):
+    from .scenes import render
+
+    return render(12345, size).image
+
+
+class HFCaptioner:
+    def __init__(self, folder: Path):
+        from transformers import BlipForConditionalGeneration, BlipImageProcessor
+
+        self.model = BlipForConditionalGeneration.from_pretrained(folder).eval()
+        self.proc = BlipImageProcessor(size={"height": 384, "width": 384})
+        from .tokenizer import BlipTokenizer
+
+        tok = BlipTokenizer(folder / "vocab.txt")
+        self.ids = torch.tensor([[tok.cls_id] + tok.tokens(PROMPT) + [tok.sep_id]])
+
+    def caption(self, image, num_beams=1):
+        px = self.proc(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return self.model.generate(pixel_values=px, input_ids=self.ids.clone(), max_new_tokens=NEW_TOKENS,
+                                       min_new_tokens=NEW_TOKENS, num_beams=num_beams)
+
+
+class HFVqa:
+    def __init__(self, folder: Path):
+        from transformers import BlipForQuestionAnswering, BlipImageProcessor
+
+        from .tokenizer import BlipTokenizer
+
+        self.model = BlipForQuestionAnswering.from_pretrained(folder).eval()
+        self.proc = BlipImageProcessor(size={"height": 384, "width": 384})
+        tok = BlipTokenizer(folder / "vocab.txt")
+        self.ids = torch.tensor([[tok.cls_id] + tok.tokens(QUESTION) + [tok.sep_id]])
+
+    def answer(self, image):
+        px = self.proc(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return self.model.generate(input_ids=self.ids, pixel_values=px, max_new_tokens=5, min_new_tokens=5)
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Run each function once to warm up, then ``repeats`` rounds A, B, C, A, B, C, ... (so slow
+    drift of the machine hits every configuration alike). Returns seconds per call."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+# ------------------------------------------------------------------- quality
+def teacher_forced_agreement(fp32, int8, images, max_new: int = NEW_TOKENS) -> float:
+    """Share of positions where int8's next-token argmax equals fp32's, both fed fp32's greedy
+    caption (so one disagreement does not derail the rest)."""
+    agree = total = 0
+    prompt = torch.tensor([fp32.tokenizer.prompt_ids(PROMPT)])
+    for image in images:
+        seq = fp32.caption(image, max_new_tokens=max_new, min_new_tokens=max_new).token_ids
+        argmaxes = []
+        for m in (fp32, int8):
+            f = m.encode_image(image)
+            s = m.model.decoder_session("text_decoder", m._cross_kv(f, "text_decoder"))
+            with torch.inference_mode():
+                logits = s.start(prompt, 1)
+                out = [int(logits.argmax(-1))]
+                for tok in seq[:-1]:
+                    out.append(int(s.step(torch.tensor([tok]), None).argmax(-1)))
+            argmaxes.append(out)
+        agree += sum(a == b for a, b in zip(*argmaxes))
+        total += len(seq)
+    return agree / total
+
+
+def caption_quality(source: str, n: int) -> dict:
+    """Greedy captions of fp32 vs int8 on ``n`` held-out scenes of a trained model."""
+    from . import load
+    from .metrics import caption_scores
+    from .scenes import render
+
+    fp32, int8 = load(source), load(source, precision="int8")
+    scenes = [render(10_000_000 + i, fp32.image_size) for i in range(n)]
+    refs = {i: list(s.captions) for i, s in enumerate(scenes)}
+    preds = {}
+    for name, m in (("fp32", fp32), ("int8", int8)):
+        preds[name] = {i: m.caption(s.image, prompt="", max_new_tokens=30, min_new_tokens=1).text
+                       for i, s in enumerate(scenes)}
+    same = sum(preds["fp32"][i] == preds["int8"][i] for i in refs) / n
+    return {"identical": same, "cider_fp32": caption_scores(preds["fp32"], refs)["cider"],
+            "cider_int8": caption_scores(preds["int8"], refs)["cider"], "n": n, "model": source}
+
+
+# ------------------------------------------------------------------ peak RSS
+def _vmhwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_child(config: str, model: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    image = bench_image()
+    if config == "transformers-fp32":
+        HFCaptioner(Path(model)).caption(image)
+    else:
+        from . import load
+
+        load(model, precision=config.split("-")[1], warmup=False).caption(
+            image, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb()}))
+
+
+def peak_rss(config: str, model: Path, threads: int) -> float:
+    cmd = [sys.executable, "-m", "blip_core.cli", "bench", "--rss-child", config, str(model), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{config} child failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["vmhwm_mb"]
+
+
+# ----------------------------------------------------------------- reporting
+def _median_ms(xs: list[float]) -> float:
+    return statistics.median(xs) * 1000
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = results["rows"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `blip bench` (rewrites this file); numbers from one run on one machine.",
+        "",
+        f"- machine: {results['machine']}",
+        f"- threads: {results['threads']}; repeats: {results['repeats']} (A/B interleaved, medians); "
+        f"weights: {results['weights']}",
+        f"- versions: torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
+        f"onnxruntime {results['versions']['onnxruntime']}",
+        f"- workload: 384 px, prompt \"{PROMPT.strip()}\", exactly {NEW_TOKENS} new tokens; image preprocessing included",
+        "",
+        "| workload | configuration | median ms | min–max ms | speed-up vs transformers |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['config']} | {r['median_ms']:.0f} | {r['min_ms']:.0f}–{r['max_ms']:.0f} | "
+                     f"{r['speedup']:.1f}x |")
+    if results.get("rss"):
+        base = results["rss"].get("transformers-fp32")
+        lines += ["", "Peak resident memory (`VmHWM`, each configuration in its own process: load + one caption):", "",
+                  "| configuration | peak RSS MB | vs transformers |", "|---|---:|---:|"]
+        for k, v in results["rss"].items():
+            lines.append(f"| {k} | {v:.0f} | {v / base:.2f}x |" if base else f"| {k} | {v:.0f} | |")
+    q = results.get("quality", {})
+    lines += ["", "## int8 quality", ""]
+    if "agreement" in q:
+        lines.append(f"- teacher-forced next-token agreement, int8 vs fp32, full-size random weights "
+                     f"({q['agreement_images']} images x {NEW_TOKENS} tokens): **{q['agreement'] * 100:.1f}%**")
+    if "trained" in q:
+        t = q["trained"]
+        lines.append(f"- trained model `{t['model']}`, {t['n']} held-out scenes, greedy: identical captions "
+                     f"**{t['identical'] * 100:.1f}%**; CIDEr fp32 {t['cider_fp32']:.3f} -> int8 {t['cider_int8']:.3f} "
+                     f"(change {100 * (t['cider_int8'] - t['cider_fp32']):+.1f} points)")
+    lines += ["", "![chart](benchmarks.png)", "", results.get("notes", "")]
+    out.write_text("\n".join(lines) + "\n")
+    _chart(rows, out.with_suffix(".png"))
+
+
+def _chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(rows)))
+    labels = [f"{r['workload']}: {r['config']}" for r in rows]
+    colours = ["#999999" if "transformers" in r["config"] else "#3b7dd8" if "fp32" in r["config"] else "#e8832a"
+               for r in rows]
+    ax.barh(labels[::-1], [r["median_ms"] for r in rows][::-1], color=colours[::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("median ms (log scale)")
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r["median_ms"], i, f" {r['median_ms']:.0f} ms ({r['speedup']:.1f}x)", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------- main
+def main(args) -> int:
+    if args.rss_child:
+        rss_child(args.rss_child[0], args.rss_child[1], args.threads)
+        return 0
+    try:
+        import onnxruntime
+        import transformers
+    except ImportError as e:
+        raise BadInputError(f"blip bench needs the dev extras ({e.name}): pip install -e '.[dev]'") from e
+    from . import load
+    from .api import physical_cores
+    from .engine import cache_root
+
+    torch.set_num_threads(args.threads)
+    root = cache_root() / "bench"
+    cap_dir = Path(args.model) if args.model else random_checkpoint("caption", root)
+    vqa_dir = Path(args.vqa_model) if args.vqa_model else random_checkpoint("vqa", root)
+    image = bench_image()
+    print(f"loading models ({cap_dir}, {vqa_dir}) ...", flush=True)
+    hf_cap, hf_vqa = HFCaptioner(cap_dir), HFVqa(vqa_dir)
+    ours = {p: load(cap_dir, precision=p, threads=args.threads) for p in ("fp32", "int8")}
+    ours_vqa = {p: load(vqa_dir, precision=p, threads=args.threads) for p in ("fp32", "int8")}
+    rows = []
+
+    def record(workload, times, baseline):
+        base = _median_ms(times[baseline])
+        for k, v in times.items():
+            rows.append({"workload": workload, "config": k, "median_ms": _median_ms(v), "min_ms": min(v) * 1000,
+                         "max_ms": max(v) * 1000, "speedup": base / _median_ms(v)})
+            print(f"{workload:28s} {k:20s} {_median_ms(v):9.0f} ms  {base / _median_ms(v):5.1f}x", flush=True)
+
+    kw = dict(prompt=PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    record("new-frame caption, greedy", interleaved({
+        "transformers fp32": lambda: hf_cap.caption(image),
+        "ours fp32": lambda: ours["fp32"].caption(image, **kw),
+        "ours int8": lambda: ours["int8"].caption(image, **kw),
+    }, args.repeats), "transformers fp32")
+    record("new-frame caption, beam 3", interleaved({
+        "transformers fp32": lambda: hf_cap.caption(image, num_beams=3),
+        "ours fp32": lambda: ours["fp32"].caption(image, num_beams=3, **kw),
+        "ours int8": lambda: ours["int8"].caption(image, num_beams=3, **kw),
+    }, max(3, args.repeats // 2)), "transformers fp32")
+    feats = {p: m.encode_image(image) for p, m in ours_vqa.items()}
+    record("VQA follow-up (encoded frame)", interleaved({
+        "transformers fp32 (generate)": lambda: hf_vqa.answer(image),
+        "ours fp32": lambda: ours_vqa["fp32"].answer(feats["fp32"], QUESTION, max_new_tokens=5, min_new_tokens=5),
+        "ours int8": lambda: ours_vqa["int8"].answer(feats["int8"], QUESTION, max_new_tokens=5, min_new_tokens=5),
+    }, args.repeats), "transformers fp32 (generate)")
+    from .scenes import render
+
+    agreement_images = [render(500 + i, 384).image for i in range(4)]
+    quality = {"agreement": teacher_forced_agreement(ours["fp32"], ours["int8"], agreement_images),
+               "agreement_images": len(agreement_images)}
+    print(f"teacher-forced agreement int8 vs fp32: {quality['agreement'] * 100:.1f}%", flush=True)
+    from . import demo_model_path
+
+    qmodel = args.quality_model or (str(demo_model_path()) if demo_model_path().exists() else None)
+    if qmodel:
+        quality["trained"] = caption_quality(qmodel, args.quality_scenes)
+        print(f"trained model: {quality['trained']}", flush=True)
+    del hf_cap, hf_vqa, ours, ours_vqa
+    rss = {}
+    if not args.no_rss:
+        for config in ("transformers-fp32", "ours-fp32", "ours-int8"):
+            rss[config] = peak_rss(config, cap_dir, args.threads)
+            print(f"peak RSS {config}: {rss[config]:.0f} MB", flush=True)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    results = {
+        "rows": rows, "rss": rss, "quality": quality, "threads": args.threads, "repeats": args.repeats,
+        "machine": f"{cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical), {platform.machine()}",
+        "weights": str(args.model or "BLIP-base size, seeded random (transformers init, ViT at std 0.02)"),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+    }
+    write_report(results, args.output)
+    (args.output.with_suffix(".json")).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.output}")
+    return 0
