@@ -8,8 +8,8 @@
 from pathlib import Path
 
 from .api import Blip, load, physical_cores
-from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, WeightsUnavailableError,
-                     WrongTaskError)
+from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, StorageError,
+                     WeightsUnavailableError, WrongTaskError)
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ def demo_model_path() -> Path:
 
 __all__ = [
     "load", "Blip", "demo_model_path", "physical_cores",
-    "BlipError", "BadImageError", "BadInputError", "CheckpointError", "WeightsUnavailableError", "WrongTaskError",
+    "BlipError", "BadImageError", "BadInputError", "CheckpointError", "StorageError", "WeightsUnavailableError",
+    "WrongTaskError",
     "CaptionResult", "AnswerResult", "MatchResult", "ImageFeatures", "Timings",
 ]

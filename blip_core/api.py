@@ -265,7 +265,7 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     if precision == "int8":
         from .engine import materialize_int8
 
-        model = materialize_int8(ck, tasks, threads=torch.get_num_threads())
+        model = materialize_int8(ck, tasks, threads=torch.get_num_threads(), progress=progress)
     else:
         model = materialize(ck, tasks)
     tokenizer = BlipTokenizer(ck.vocab)

@@ -34,7 +34,7 @@ from torch import nn
 
 from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
-from .errors import BadInputError, CheckpointError
+from .errors import BadInputError, CheckpointError, StorageError
 from .models import BlipModel
 from .text import TextTransformer, padding_mask
 
@@ -187,7 +187,7 @@ def quantize(src: Path, dst: Path) -> None:
 
 
 # ------------------------------------------------------------------ convert
-def convert(ck: Checkpoint, folder: Path, quantized: bool = True) -> None:
+def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None) -> None:
     """Export and quantise every part of ``ck`` into ``folder``, one part's fp32 weights at a time.
     ``quantized=False`` keeps the fp32 graphs (to test the export apart from quantisation)."""
     rename = _rename(ck)
@@ -197,9 +197,13 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True) -> None:
     missing = [k for k in wanted if k not in rename]
     if missing:
         raise CheckpointError(f"{ck.report.source} lacks {len(missing)} weights (e.g. {missing[0]})")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
-        for part in _parts(ck.cfg):
+        parts = _parts(ck.cfg)
+        for n, part in enumerate(parts):
+            if progress:
+                progress(n / len(parts), f"converting to int8 (once): {part}")
             _fill(model, ck, rename, part)
             for path in export_part(model, part, tmp):
                 target = tmp / path.name.replace(".onnx", ".int8.onnx")
@@ -335,7 +339,8 @@ class OrtDecoderSession:
         return self._run(tokens.numpy())
 
 
-def materialize_int8(ck: Checkpoint, tasks: tuple[str, ...] | None = None, threads: int | None = None) -> OrtModel:
+def materialize_int8(ck: Checkpoint, tasks: tuple[str, ...] | None = None, threads: int | None = None,
+                     progress=None) -> OrtModel:
     """Load ``ck`` as int8 ONNX Runtime graphs, converting (once, cached) if needed."""
     try:
         import onnxruntime  # noqa: F401
@@ -349,8 +354,12 @@ def materialize_int8(ck: Checkpoint, tasks: tuple[str, ...] | None = None, threa
     ck.report.tasks = ck.cfg.tasks
     folder = cache_root() / "int8" / fingerprint(ck)
     if not (folder / "config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
         log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
-        convert(ck, folder)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            convert(ck, folder, progress=progress)
+        except OSError as e:
+            raise StorageError(f"cannot write the int8 engine cache in {folder.parent}: {e.strerror or e}; "
+                               "free some space or point BLIPCAM_CACHE at a writable folder") from e
     ck.report.loaded = len(ck.tensors.keys())
     return OrtModel(ck.cfg, folder, threads or torch.get_num_threads())

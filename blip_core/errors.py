@@ -28,3 +28,7 @@ class WeightsUnavailableError(CheckpointError):
 
 class WrongTaskError(BlipError):
     """The loaded checkpoint cannot do what was asked (e.g. ``answer`` on a captioning model)."""
+
+
+class StorageError(BlipError):
+    """Writing to disk failed (a full disk, a read-only folder); nothing earlier was damaged."""

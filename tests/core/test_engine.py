@@ -1,0 +1,111 @@
+"""The int8 engine: exported graphs equal the PyTorch model; int8 stays close; conversion is
+part-by-part, cached, and fails cleanly."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import blip_core
+from blip_core import engine
+from blip_core.api import Blip
+from blip_core.checkpoints import open_checkpoint
+from blip_core.tokenizer import BlipTokenizer
+from tests.helpers import save_hf, seeded_hf_model
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLIPCAM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eng")
+    kw = dict(width=64, heads=2, text_width=64)
+    return {t: save_hf(seeded_hf_model(t, seed=10 + i, **kw), root / t) for i, t in enumerate(("caption", "vqa", "match"))}
+
+
+def _image(seed=0):
+    return (np.random.default_rng(seed).random((48, 48, 3)) * 255).astype(np.uint8)
+
+
+def _onnx_fp32(folder, tmp_path) -> Blip:
+    """The exported graphs without quantisation: must reproduce the PyTorch model."""
+    ck = open_checkpoint(folder)
+    engine.convert(ck, tmp_path / "graphs", quantized=False)
+    return Blip(engine.OrtModel(ck.cfg, tmp_path / "graphs", 2), BlipTokenizer(ck.vocab), precision="onnx-fp32")
+
+
+def test_exported_graphs_equal_pytorch(dirs, tmp_path):
+    for task, folder in dirs.items():
+        ref, graphs = blip_core.load(folder), _onnx_fp32(folder, tmp_path / task)
+        img = _image()
+        fr, fg = ref.encode_image(img), graphs.encode_image(img)
+        torch.testing.assert_close(fg.embeds, fr.embeds, atol=1e-4, rtol=0)
+        if task == "caption":
+            for beams in (1, 3):
+                assert graphs.caption(fg, num_beams=beams, max_new_tokens=10).token_ids == \
+                    ref.caption(fr, num_beams=beams, max_new_tokens=10).token_ids
+        if task == "vqa":
+            assert graphs.answer(fg, "what is it?", num_beams=3).token_ids == ref.answer(fr, "what is it?", num_beams=3).token_ids
+            a, b = graphs.answer(fg, "what is it?", answers=["red", "two dogs"]), ref.answer(fr, "what is it?", answers=["red", "two dogs"])
+            assert [x for x, _ in a.ranked] == [x for x, _ in b.ranked]
+            assert [s for _, s in a.ranked] == pytest.approx([s for _, s in b.ranked], abs=1e-3)
+        if task == "match":
+            texts = ["a red dog", "blue", "two green squares on the left"]
+            for x, y in zip(graphs.match(fg, texts), ref.match(fr, texts)):
+                assert x.itm == pytest.approx(y.itm, abs=1e-4) and x.itc == pytest.approx(y.itc, abs=1e-4)
+
+
+def test_int8_runs_every_task_and_stays_close(dirs):
+    img = _image(1)
+    cap32, cap8 = blip_core.load(dirs["caption"]), blip_core.load(dirs["caption"], precision="int8")
+    assert cap8.precision == "int8" and isinstance(cap8.model, engine.OrtModel)
+    e32, e8 = cap32.encode_image(img).embeds, cap8.encode_image(img).embeds
+    cos = torch.nn.functional.cosine_similarity(e32.flatten(), e8.flatten(), dim=0)
+    assert cos > 0.99
+    assert cap8.caption(img, num_beams=3, max_new_tokens=6).text is not None
+    vqa8 = blip_core.load(dirs["vqa"], precision="int8")
+    assert vqa8.answer(img, "what colour?", answers=["red", "blue"]).text in ("red", "blue")
+    m32, m8 = blip_core.load(dirs["match"]), blip_core.load(dirs["match"], precision="int8")
+    for x, y in zip(m8.match(img, ["a dog", "a cat"]), m32.match(img, ["a dog", "a cat"])):
+        assert x.itc == pytest.approx(y.itc, abs=0.05)
+
+
+def test_conversion_is_cached(dirs, cache, monkeypatch):
+    blip_core.load(dirs["caption"], precision="int8")
+    assert len(list((cache / "int8").iterdir())) == 1
+    monkeypatch.setattr(engine, "convert", lambda *a, **k: pytest.fail("converted twice"))
+    blip_core.load(dirs["caption"], precision="int8")
+
+
+def test_conversion_holds_one_part_at_a_time(dirs, monkeypatch):
+    """No full fp32 copy: when a part is exported, every other part's weights are on 'meta'."""
+    seen = []
+    real = engine.export_part
+
+    def checked(model, part, folder):
+        live = {name.split(".")[0] for name, p in model.named_parameters() if not p.is_meta}
+        seen.append((part, live))
+        return real(model, part, folder)
+
+    monkeypatch.setattr(engine, "export_part", checked)
+    monkeypatch.setattr(blip_core.checkpoints, "materialize", lambda *a, **k: pytest.fail("fp32 model built"))
+    blip_core.load(dirs["vqa"], precision="int8", warmup=False)
+    assert [p for p, _ in seen] == ["vision", "answer_decoder", "text_encoder"]
+    assert all(live == {part} for part, live in seen)
+
+
+def test_unwritable_cache_is_a_clear_error(dirs, tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    monkeypatch.setenv("BLIPCAM_CACHE", str(ro / "cache"))
+    monkeypatch.setattr(engine, "convert", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(blip_core.StorageError, match="No space left|BLIPCAM_CACHE"):
+        blip_core.load(dirs["caption"], precision="int8")
