@@ -7,7 +7,6 @@
 
 from pathlib import Path
 
-from .api import Blip, load, physical_cores
 from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, StorageError,
                      WeightsUnavailableError, WrongTaskError)
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
@@ -18,6 +17,16 @@ __version__ = "0.1.0"
 def demo_model_path() -> Path:
     """The bundled offline demo model (trained on generated scenes only; see its README)."""
     return Path(__file__).resolve().parent.parent / "assets" / "blip-scenes-demo"
+
+
+def __getattr__(name: str):
+    # torch is imported on first use of the model API, so ``import blip_core.errors`` (or the
+    # results) stays instant for GUIs and command-line argument checking
+    if name in ("load", "Blip", "physical_cores"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'blip_core' has no attribute {name!r}")
 
 
 __all__ = [

@@ -8,6 +8,7 @@ vision encoder and those projections.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -51,6 +52,18 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _inference(method):
+    """Run a public method without autograd (inference tensors must never meet parameters that
+    require grad, e.g. a training model wrapped for evaluation)."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class Blip:
     """A loaded BLIP model with its tokenizer. Thread-compatible: one call at a time per object."""
 
@@ -83,6 +96,7 @@ class Blip:
             )
 
     # ---------------------------------------------------------------- vision
+    @_inference
     def encode_image(self, image) -> ImageFeatures:
         """PIL image | HxWx3 uint8 RGB array | path -> reusable ``ImageFeatures``."""
         if isinstance(image, ImageFeatures):
@@ -120,6 +134,7 @@ class Blip:
         return f.cache[part]
 
     # ------------------------------------------------------------- captions
+    @_inference
     def caption(self, image, prompt: str = "a picture of ", max_new_tokens: int = 20, min_new_tokens: int = 5,
                 num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9,
                 repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: int | None = None) -> CaptionResult:
@@ -155,6 +170,7 @@ class Blip:
             states = self.model.encode_question(f.embeds, ids, mask, cross_kv=self._cross_kv(f, "text_encoder"))
         return states, mask
 
+    @_inference
     def answer(self, image, question: str, answers: Sequence[str] | None = None, max_new_tokens: int = 10,
                min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None, k: int = 128) -> AnswerResult:
         """Answer a question about an image (or features): generated, or chosen from ``answers``
@@ -202,6 +218,7 @@ class Blip:
         return [(answers[int(top[i])], float(scores[i])) for i in order]
 
     # -------------------------------------------------------------- matching
+    @_inference
     def match(self, image, texts: Sequence[str]) -> list[MatchResult]:
         """ITM match probability (``[ENC]`` + cross-attention) and ITC cosine for each text."""
         self._require("match")

@@ -201,3 +201,22 @@ def test_offline_hub_id_fails_fast(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
         blip_core.load("Salesforce/blip-image-captioning-base")
     assert time.time() - t0 < 10
+
+
+def test_warmup_after_our_saver_and_with_grad_parameters(vqa, tmp_path, images):
+    """Parameters that require grad (a model straight from training) never meet inference tensors."""
+    save(vqa.model, tmp_path / "v", vqa.tokenizer)
+    m = blip_core.load(tmp_path / "v")  # warm-up runs every task
+    for p in m.model.parameters():
+        p.requires_grad_(True)
+    assert m.answer(images[0], "what is it?", max_new_tokens=3).text is not None
+    assert m.answer(images[0], "what is it?", answers=["a", "b"]).ranked
+
+
+def test_importing_errors_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, blip_core, blip_core.errors, blip_core.results; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,84 @@
+"""Command-line arguments of ``blip-cam`` -> ``AppConfig`` (no Qt, so errors come fast).
+
+Argument errors print one line on stderr and exit with status 2, like ``blip``'s CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
+from app.sources.base import SOURCE_HELP, SourceSpec, parse_source_spec
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything the command line decides; the rest comes from the settings file."""
+
+    source: SourceSpec = SourceSpec("auto")
+    models: ModelRequest = ModelRequest()
+    exit_after_captions: int | None = None
+    interval: float = 3.0
+    snapshot_dir: Path | None = None
+    settings_path: Path | None = None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage block on errors; we print one line and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="blip-cam", description="Live BLIP captions and questions about what the camera sees.",
+                       epilog="keys: Space caption now · Enter ask · S save snapshot · P pause/resume · Ctrl+Q quit")
+    p.add_argument("--source", default="auto", metavar="SPEC",
+                   help=f"where frames come from: {SOURCE_HELP} (default: auto = Pi camera, else webcam 0, else scenes)")
+    p.add_argument("--model", metavar="ID_OR_PATH", help="one model for captions and questions (shortcut for both options below)")
+    p.add_argument("--caption-model", metavar="ID_OR_PATH", help=f"caption checkpoint (default: {DEFAULT_CAPTION_MODEL})")
+    p.add_argument("--vqa-model", metavar="ID_OR_PATH",
+                   help=f"question-answering checkpoint, or 'none' (default: {DEFAULT_VQA_MODEL}; unused when the caption model answers too)")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8", help="weights: int8 (fast on CPU, default) or fp32")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores minus one, leaving one for the preview)")
+    p.add_argument("--interval", type=float, default=3.0, metavar="SECONDS",
+                   help="seconds per image for folder: and scenes sources (default: 3)")
+    p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go (default: the saved choice, else ~/Pictures/blip-cam)")
+    p.add_argument("--settings", type=Path, metavar="PATH", help="settings INI file (default: the per-user config file)")
+    p.add_argument("--exit-after-captions", type=int, metavar="N",
+                   help="print the first N captions to stdout, one per line, then exit 0 (checks an install; works offscreen)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    """Parse and validate; on error print one line to stderr and ``SystemExit(2)``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        source = parse_source_spec(args.source)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.model and (args.caption_model or args.vqa_model):
+        parser.error("--model sets both models; do not combine it with --caption-model/--vqa-model")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.exit_after_captions is not None and args.exit_after_captions < 1:
+        parser.error(f"--exit-after-captions must be at least 1, got {args.exit_after_captions}")
+    if not args.interval > 0:
+        parser.error(f"--interval must be positive, got {args.interval}")
+    if args.model:
+        caption, vqa = args.model, args.model
+    else:
+        caption = args.caption_model or DEFAULT_CAPTION_MODEL
+        vqa = args.vqa_model or DEFAULT_VQA_MODEL
+        if vqa.lower() == "none":
+            vqa = None
+    models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
+    return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings)
+
+
+if __name__ == "__main__":  # handy for checking a command line: python -m app.cli --source ...
+    print(parse_args(sys.argv[1:]))

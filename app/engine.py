@@ -1,0 +1,207 @@
+"""The inference engine the worker thread drives: models, encoded-image cache, caption / answer /
+rank calls, and the timings shown in the overlay. Pure Python (no Qt), one thread at a time.
+
+Every call encodes the image explicitly (``m.encode_image``) and passes the features on, so one
+frame is encoded once per model however many captions, questions and follow-ups use it.
+blip_core is imported in the functions that need it (see ``app.models`` for why).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Hashable
+
+from app.models import LoadedModels, Loader, ModelRequest, Progress, load_answerer, load_captioner
+from app.prompts import CaptionOptions
+from app.sources.base import Frame
+
+if TYPE_CHECKING:
+    from blip_core.results import AnswerResult, CaptionResult, Timings
+
+MAX_RANKED_SNAPSHOTS = 50  # ITM ranking encodes every snapshot once (~0.3 s each on a Pi 5)
+
+
+class FeatureCache:
+    """Encoded images keyed by (model, key), least recently used evicted first.
+
+    ``pin(key)`` protects one key (the frame questions are being asked about) from eviction, so
+    continuous captioning of new frames cannot push out the frozen frame's features.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict[tuple[int, Hashable], Any] = OrderedDict()
+        self._pinned: Hashable | None = None
+
+    def get(self, model: Any, key: Hashable) -> Any | None:
+        item = self._items.get((id(model), key))
+        if item is not None:
+            self._items.move_to_end((id(model), key))
+        return item
+
+    def put(self, model: Any, key: Hashable, features: Any) -> None:
+        self._items[(id(model), key)] = features
+        self._items.move_to_end((id(model), key))
+        for k in list(self._items):
+            if len(self._items) <= self.size:
+                break
+            if k[1] != self._pinned:
+                del self._items[k]
+
+    def pin(self, key: Hashable | None) -> None:
+        self._pinned = key
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass(frozen=True)
+class CaptionOutcome:
+    """A caption of one frame plus what the overlay and snapshot need to describe it.
+
+    ``timings`` covers the whole job: the image encoding (0 when the features were reused) and
+    the decoding, whereas ``result.timings`` is only the ``caption`` call.
+    """
+
+    frame: Frame
+    result: CaptionResult
+    options: CaptionOptions
+    model: str
+    precision: str
+    timings: Timings
+    reused_features: bool
+
+    @property
+    def text(self) -> str:
+        """The caption as shown: the prompt and its continuation as one sentence. blip_core
+        returns only the continuation (like Salesforce's BLIP); with a custom prompt such as
+        "a close-up of" the continuation alone would not say what it describes."""
+        return " ".join(f"{self.options.prompt} {self.result.text}".split())
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.result.tokens_per_s
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """An answer (or the error message that replaced it) to one question about one frame."""
+
+    frame_index: int
+    question: str
+    result: AnswerResult | None
+    timings: Timings
+    reused_features: bool
+    model: str = ""
+    error: str = ""
+    tag: Any = None  # the caller's handle for the question (e.g. its history entry)
+
+
+def merge_timings(encode: Timings | None, call: Timings) -> Timings:
+    """Timings of encode + call, where ``call`` ran on already-encoded features."""
+    from blip_core.results import Timings
+
+    if encode is None:
+        return call
+    return Timings(
+        preprocess_ms=encode.preprocess_ms + call.preprocess_ms,
+        vision_ms=encode.vision_ms + call.vision_ms,
+        text_ms=call.text_ms,
+        decode_ms=call.decode_ms,
+        total_ms=encode.total_ms + call.total_ms,
+    )
+
+
+class InferenceEngine:
+    """Holds the loaded models and runs them. Not thread-safe: only the worker thread calls it."""
+
+    def __init__(self, loader: Loader):
+        self.loader = loader
+        self.models = LoadedModels()
+        # Encoded frames carry the decoders' cross-attention keys/values (tens of MB each at
+        # base size), so keep few: the newest frame and the pinned question frame.
+        self.frames = FeatureCache(size=2)
+        self.snapshots = FeatureCache(size=MAX_RANKED_SNAPSHOTS)
+
+    # --- models ------------------------------------------------------------------------------
+
+    def load_captioner(self, req: ModelRequest, progress: Progress | None = None) -> LoadedModels:
+        self.models = load_captioner(req, self.loader, progress)
+        self.frames.clear()
+        self.snapshots.clear()
+        return self.models
+
+    def load_answerer(self, req: ModelRequest, progress: Progress | None = None) -> LoadedModels:
+        return load_answerer(req, self.models, self.loader, progress)
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def _features(self, cache: FeatureCache, model: Any, key: Hashable, image: Any) -> tuple[Any, Timings | None]:
+        """Features for ``image`` on ``model`` and the encode timings (None when reused)."""
+        from blip_core.results import Timings
+
+        features = cache.get(model, key)
+        if features is not None:
+            return features, None
+        t0 = time.perf_counter()
+        features = model.encode_image(image)
+        cache.put(model, key, features)
+        encode = getattr(features, "timings", None) or Timings()
+        if encode.total_ms <= 0:  # the library leaves total to the caller; measure it ourselves
+            encode = Timings(encode.preprocess_ms, encode.vision_ms, total_ms=(time.perf_counter() - t0) * 1000)
+        return features, encode
+
+    def caption(self, frame: Frame, options: CaptionOptions) -> CaptionOutcome:
+        from blip_core.errors import WrongTaskError
+
+        model = self.models.captioner
+        if model is None:
+            raise WrongTaskError("no caption model is loaded yet")
+        features, encode = self._features(self.frames, model, frame.index, frame.image)
+        result = model.caption(features, **options.kwargs())
+        return CaptionOutcome(frame, result, options, model.name, model.precision,
+                              merge_timings(encode, result.timings), reused_features=encode is None)
+
+    def answer(self, frame: Frame, question: str, tag: Any = None) -> AnswerOutcome:
+        from blip_core.errors import WrongTaskError
+
+        model = self.models.answerer
+        if model is None:
+            raise WrongTaskError("no question-answering model is loaded")
+        self.frames.pin(frame.index)  # follow-up questions on this frame must not re-encode it
+        features, encode = self._features(self.frames, model, frame.index, frame.image)
+        result = model.answer(features, question)
+        return AnswerOutcome(frame.index, question, result, merge_timings(encode, result.timings),
+                             reused_features=encode is None, model=model.name, tag=tag)
+
+    def rank_snapshots(self, query: str, records: list) -> list[tuple[Any, float, float]]:
+        """(record, itm, itc) for the newest MAX_RANKED_SNAPSHOTS records, best match first."""
+        from blip_core.errors import WrongTaskError
+        from blip_core.results import ImageFeatures
+        from PIL import Image
+
+        model = self.models.matcher
+        if model is None:
+            raise WrongTaskError("no loaded model can match images to text")
+
+        ranked = []
+        for record in records[:MAX_RANKED_SNAPSHOTS]:
+            path = record.path
+            try:
+                key = (str(path), path.stat().st_mtime_ns)
+                features = self.snapshots.get(model, key)
+                if features is None:
+                    with Image.open(path) as im:
+                        features = model.encode_image(im.convert("RGB"))
+                    # keep only the ViT output: the ViT is the expensive part, while the
+                    # per-image caches match() fills would cost ~40 MB per snapshot
+                    features = ImageFeatures(features.embeds, features.model_key, features.timings)
+                    self.snapshots.put(model, key, features)
+            except (OSError, ValueError):  # deleted or corrupt since listing: leave it out
+                continue
+            match = model.match(replace(features, cache={}), [query])[0]  # its caches die with the copy
+            ranked.append((record, float(match.itm), float(match.itc)))
+        ranked.sort(key=lambda r: (-r[1], -r[2]))
+        return ranked

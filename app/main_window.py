@@ -1,0 +1,487 @@
+"""The main window: wires the capture thread, the inference worker, the snapshot saver and the
+widgets together. All slots here run on the GUI thread and only submit work or update widgets.
+
+Data flow (DESIGN.md, app):
+    CaptureThread --mailbox--> preview (every frame)
+                         \\--> InferenceWorker.request_caption (newest frame wins)
+    InferenceWorker --signals--> overlay, question history, status bar
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QScrollArea, QSplitter,
+    QVBoxLayout, QWidget,
+)
+
+from app.capture import CaptureThread
+from app.cli import AppConfig
+from app.engine import AnswerOutcome, CaptionOutcome
+from app.models import LoadedModels, Loader, short_name
+from app.questions import QAHistory, QuestionError, validate_question
+from app.settings import Settings
+from app.snapshots import SnapshotRecord
+from app.sources import FrameSource, make_source
+from app.sources.base import Frame
+from app.widgets.controls import CaptionControls
+from app.widgets.overlay import OverlayState
+from app.widgets.preview import PreviewWidget
+from app.widgets.question_panel import QuestionPanel
+from app.widgets.snapshot_browser import SnapshotBrowser
+from app.worker import InferenceWorker, RankOutcome, SnapshotSaver
+
+CAPTIONS_KEPT = 20  # recent captions by frame, so a snapshot of a frozen frame finds its caption
+
+
+class MainWindow(QMainWindow):
+    """``caption_shown(CaptionOutcome)`` fires after each caption reaches the overlay;
+    ``models_failed(message)`` when no caption model could be loaded."""
+
+    caption_shown = Signal(object)
+    answer_shown = Signal(object)
+    models_failed = Signal(str)
+    snapshot_saved = Signal(object)
+    snapshot_failed = Signal(str)
+
+    def __init__(self, config: AppConfig, settings: Settings, *, loader: Loader | None = None,
+                 source: FrameSource | None = None, retry_delays: tuple[float, ...] | None = None):
+        super().__init__()
+        self.setWindowTitle("blip-cam")
+        self.config = config
+        self.settings = settings
+        self.models: LoadedModels | None = None
+        self.paused = False
+        self.latest_frame: Frame | None = None
+        self.question_frame: Frame | None = None
+        self.last_caption: CaptionOutcome | None = None
+        self.captions: OrderedDict[int, CaptionOutcome] = OrderedDict()
+        self.history = QAHistory()
+        self.captions_shown = 0
+        self.load_message = "loading models…"
+        self.browser: SnapshotBrowser | None = None
+        self._started = self._shut_down = False
+        self._saved_continuous: bool | None = None
+
+        if source is None:
+            source = make_source(config.source, interval=config.interval)
+        kwargs = {"retry_delays": retry_delays} if retry_delays is not None else {}
+        self.capture = CaptureThread(source, **kwargs)
+        self.worker = InferenceWorker(loader)
+        self.saver = SnapshotSaver()
+        self._folder_override = config.snapshot_dir  # --snapshot-dir: this run only, not saved
+
+        self._build_ui()
+        self._connect()
+        self.controls.load(settings)
+        geometry = settings.get("window/geometry")
+        if geometry:
+            self.restoreGeometry(QByteArray(geometry))
+        else:
+            self.resize(1180, 720)
+
+    # --- construction ------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        self.preview = PreviewWidget()
+        self.notice = QLabel()
+        self.notice.setObjectName("notice")
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("background: #fff3cd; color: #664d03; padding: 6px; border-radius: 4px;")
+        self.notice.hide()
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.notice)
+        left_layout.addWidget(self.preview, 1)
+
+        self.controls = CaptionControls()
+        self.questions = QuestionPanel()
+        snapshots = QGroupBox("Snapshots")
+        snap_layout = QVBoxLayout(snapshots)
+        snap_row = QHBoxLayout()
+        self.save_button = QPushButton("Save (S)")
+        self.folder_button = QPushButton("Folder…")
+        self.browse_button = QPushButton("Browse…")
+        for b in (self.save_button, self.folder_button, self.browse_button):
+            snap_row.addWidget(b)
+        self.snapshot_label = QLabel()
+        self.snapshot_label.setObjectName("snapshot_label")
+        self.snapshot_label.setWordWrap(True)
+        self.snapshot_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        snap_layout.addLayout(snap_row)
+        snap_layout.addWidget(self.snapshot_label)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.controls)
+        side_layout.addWidget(snapshots)
+        side_layout.addWidget(self.questions, 1)
+        scroll = QScrollArea()
+        scroll.setWidget(side)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(360)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(scroll)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        self.setCentralWidget(split)
+
+        self.source_label = QLabel("source: starting…")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setMaximumWidth(160)
+        self.progress.setTextVisible(True)
+        self.model_label = QLabel("models: loading…")
+        bar = self.statusBar()
+        bar.addWidget(self.source_label, 1)
+        bar.addPermanentWidget(self.progress)
+        bar.addPermanentWidget(self.model_label)
+
+        for keys, slot in ((Qt.Key.Key_Space, self.caption_now), (Qt.Key.Key_S, self.save_snapshot),
+                           (Qt.Key.Key_P, self.toggle_pause), (Qt.Key.Key_Return, self._on_return),
+                           (Qt.Key.Key_Enter, self._on_return), ("Ctrl+Q", self.close)):
+            QShortcut(QKeySequence(keys), self, activated=slot)
+
+    def _connect(self) -> None:
+        self.capture.frame_available.connect(self._on_frame_available)
+        self.capture.status.connect(self._on_source_status)
+        w = self.worker
+        w.load_progress.connect(self._on_load_progress)
+        w.models_changed.connect(self._on_models_changed)
+        w.models_failed.connect(self._on_models_failed)
+        w.caption_ready.connect(self._on_caption_ready)
+        w.caption_failed.connect(self._on_caption_failed)
+        w.answer_ready.connect(self._on_answer_ready)
+        w.job_failed.connect(lambda m: self.statusBar().showMessage(m, 10_000))
+        self.saver.saved.connect(self._on_snapshot_saved)
+        self.saver.failed.connect(self._on_snapshot_failed)
+        self.controls.options_changed.connect(self._on_options_changed)
+        self.controls.continuous_toggled.connect(self._on_continuous_toggled)
+        self.controls.caption_now.connect(self.caption_now)
+        self.controls.pause_toggled.connect(self.set_paused)
+        self.questions.ask_requested.connect(self.ask)
+        self.questions.new_frame_requested.connect(self.release_question_frame)
+        self.save_button.clicked.connect(self.save_snapshot)
+        self.folder_button.clicked.connect(self.choose_folder)
+        self.browse_button.clicked.connect(self.open_browser)
+
+    def start(self) -> None:
+        """Start the threads and the model load (separate from __init__ so tests can wire first)."""
+        if self._started:
+            return
+        self._started = True
+        self.capture.start()
+        self.worker.start()
+        self.saver.start()
+        self.worker.load_models(self.config.models)
+        self._refresh_overlay()
+
+    # --- frames and captions -----------------------------------------------------------------
+
+    @property
+    def continuous(self) -> bool:
+        return self.controls.continuous.isChecked()
+
+    @property
+    def can_caption(self) -> bool:
+        return self.models is not None and self.models.captioner is not None
+
+    def _on_frame_available(self) -> None:
+        frame = self.capture.mailbox.take()
+        if frame is None or self.paused:
+            return  # paused: the preview keeps the frame it froze on
+        self.latest_frame = frame
+        self.preview.set_frame(frame)
+        self._refresh_overlay()
+        if self.continuous and self.can_caption:
+            self.worker.request_caption(frame, self.controls.options())
+
+    def caption_now(self) -> None:
+        """Space: caption the frame on screen now (the paused frame, when paused)."""
+        frame = self.preview.frame
+        if frame is None:
+            self.statusBar().showMessage("No frame yet", 3000)
+        elif not self.can_caption:
+            self.statusBar().showMessage(self.load_message, 3000)
+        else:
+            self.worker.request_caption(frame, self.controls.options())
+
+    def _on_caption_ready(self, outcome: CaptionOutcome) -> None:
+        self.last_caption = outcome
+        self.captions[outcome.frame.index] = outcome
+        while len(self.captions) > CAPTIONS_KEPT:
+            self.captions.popitem(last=False)
+        self.captions_shown += 1
+        self._refresh_overlay()
+        self.caption_shown.emit(outcome)
+
+    def _on_caption_failed(self, message: str) -> None:
+        self.statusBar().showMessage(f"Caption failed: {message}", 10_000)
+
+    def _on_options_changed(self) -> None:
+        self.controls.save(self.settings)
+        # show the effect of a new prompt/decoding choice at once, even when not continuous
+        if self.can_caption and self.preview.frame is not None and (self.paused or not self.continuous):
+            self.worker.request_caption(self.preview.frame, self.controls.options())
+
+    def _on_continuous_toggled(self, on: bool) -> None:
+        self._saved_continuous = None  # the user chose: that choice is the one to keep
+        self.controls.save(self.settings)
+        if on and self.can_caption and self.latest_frame is not None and not self.paused:
+            self.worker.request_caption(self.latest_frame, self.controls.options())
+
+    def set_continuous(self, on: bool, *, persist: bool = True) -> None:
+        """Switch continuous captioning; ``persist=False`` for a one-off (``--exit-after-captions``)."""
+        if not persist:
+            self._saved_continuous = self.settings.get("captioning/continuous")
+            self.controls.continuous.blockSignals(True)
+        self.controls.continuous.setChecked(on)
+        self.controls.continuous.blockSignals(False)
+
+    def toggle_pause(self) -> None:
+        self.controls.set_paused(not self.paused)  # the button's toggled signal calls set_paused
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if self.controls.pause_button.isChecked() != paused:
+            self.controls.set_paused(paused)
+        self._refresh_overlay()
+
+    def overlay_state(self) -> OverlayState:
+        c = self.last_caption
+        status = "paused (P resumes)" if self.paused else ""
+        if not self.can_caption:
+            status = self.load_message
+        fps = self.latest_frame.fps if self.latest_frame else 0.0
+        if c is None:
+            model = self.models.captioner if self.can_caption else None
+            return OverlayState(camera_fps=fps, model=short_name(model.name) if model else "",
+                                precision=model.precision if model else "", status=status)
+        t = c.timings
+        return OverlayState(c.text, t.vision_ms, t.decode_ms, t.total_ms, c.tokens_per_s, fps, short_name(c.model),
+                            c.precision, status)
+
+    def _refresh_overlay(self) -> None:
+        self.preview.set_overlay(self.overlay_state())
+
+    # --- models ------------------------------------------------------------------------------
+
+    def _on_load_progress(self, fraction: float, message: str) -> None:
+        self.progress.show()
+        self.progress.setValue(round(100 * max(0.0, min(1.0, fraction))))
+        self.load_message = message
+        self.model_label.setText(message)
+        self._refresh_overlay()
+
+    def _on_models_changed(self, models: LoadedModels) -> None:
+        first = self.models is None
+        self.models = models
+        self.progress.hide()
+        parts = [f"captions: {short_name(models.captioner.name)} ({models.captioner.precision})"]
+        if models.shared:
+            parts.append("questions: same model")
+        elif models.answerer is not None:
+            parts.append(f"questions: {short_name(models.answerer.name)}")
+        self.model_label.setText(" · ".join(parts))
+        self.notice.setText("\n".join(models.notices))
+        self.notice.setVisible(bool(models.notices))
+        if self.browser is not None:
+            self.browser.set_ranker(models.matcher.name if models.matcher else None)
+        self._refresh_overlay()
+        if first and self.continuous and self.latest_frame is not None and not self.paused:
+            self.worker.request_caption(self.latest_frame, self.controls.options())
+
+    def _on_models_failed(self, message: str) -> None:
+        self.progress.hide()
+        self.load_message = f"No model: {message}"
+        self.model_label.setText("models: failed")
+        self.notice.setText(f"Could not load a caption model: {message}")
+        self.notice.show()
+        self._refresh_overlay()
+        self.models_failed.emit(message)
+
+    # --- questions ---------------------------------------------------------------------------
+
+    def _on_return(self) -> None:
+        """Enter asks when the question box has focus or text (so an empty Enter there gets its
+        message); elsewhere it moves the focus to the box. (A window shortcut sees Enter before
+        the line edit, so this is the one place that handles it.)"""
+        box = self.questions.box
+        if box.hasFocus() or box.text().strip():
+            self.ask(box.text())
+        else:
+            box.setFocus()
+
+    def ask(self, text: str) -> None:
+        try:
+            question = validate_question(text)
+        except QuestionError as e:
+            self.questions.show_error(str(e))
+            return
+        if self.models is None:
+            self.questions.show_error(f"The models are still loading ({self.load_message}); ask again in a moment.")
+            return
+        if self.models.answerer is None:
+            why = next((n for n in self.models.notices if n.startswith("Questions")), "no question model is loaded")
+            self.questions.show_error(why)
+            return
+        frame = self.question_frame or self._freeze_question_frame()
+        if frame is None:
+            self.questions.show_error("No frame yet: wait for the camera.")
+            return
+        caption = self.captions[frame.index].text if frame.index in self.captions else ""
+        entry = self.history.add_question(frame.index, question, caption)
+        self.worker.ask(frame, question, tag=entry)
+        self.questions.clear_question()
+        self.questions.show_history(self.history, latest=entry)
+
+    def _freeze_question_frame(self) -> Frame | None:
+        """Freeze the frame the next questions are about (see ``focus_frame``)."""
+        frame = self.focus_frame()
+        self.question_frame = frame
+        self.questions.set_frozen_frame(frame)
+        return frame
+
+    def release_question_frame(self) -> None:
+        self.question_frame = None
+        self.questions.set_frozen_frame(None)
+
+    def _on_answer_ready(self, outcome: AnswerOutcome) -> None:
+        entry = outcome.tag
+        if entry is not None:
+            if outcome.result is not None:
+                entry.answer = outcome.result.text
+                entry.total_ms = outcome.timings.total_ms
+                entry.reused_features = outcome.reused_features
+            else:
+                entry.error = outcome.error
+        self.questions.show_history(self.history, latest=entry)
+        self.answer_shown.emit(outcome)
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_folder(self) -> Path:
+        return self._folder_override or self.settings.snapshot_dir()
+
+    def focus_frame(self) -> Frame | None:
+        """The frame a question or snapshot is about: the frozen question frame; else, paused,
+        the frame on screen; else the frame of the caption on screen (what the user is reading);
+        else the frame on screen."""
+        if self.question_frame is not None:
+            return self.question_frame
+        if self.paused or self.last_caption is None:
+            return self.preview.frame
+        return self.last_caption.frame
+
+    def snapshot_content(self) -> tuple[Frame, SnapshotRecord] | None:
+        """What S saves: the focus frame, its caption if it has one, and its answered questions."""
+        frame = self.focus_frame()
+        if frame is None:
+            return None
+        c = self.captions.get(frame.index)
+        answerer = self.models.answerer if self.models else None
+        record = SnapshotRecord(
+            caption=c.text if c else "",
+            prompt=c.options.prompt if c else "",
+            model=c.model if c else "",
+            precision=c.precision if c else "",
+            vqa_model=answerer.name if answerer is not None else "",
+            qa=self.history.answered(frame.index),
+            timings=c.timings.as_dict() if c else {},
+            decoding={k: v for k, v in c.options.kwargs().items() if k != "prompt"} if c else {},
+            frame={"index": frame.index, "source": frame.source, "width": frame.size[0], "height": frame.size[1],
+                   **({"scene": frame.meta} if frame.meta.get("captions") else {})},
+        )
+        return frame, record
+
+    def save_snapshot(self) -> None:
+        content = self.snapshot_content()
+        if content is None:
+            self._snapshot_message("Nothing to save yet: no frame.", error=True)
+            return
+        frame, record = content
+        self._snapshot_message("Saving snapshot…")
+        self.saver.save(self.snapshot_folder(), frame.image, record)
+
+    def _snapshot_message(self, text: str, *, error: bool = False) -> None:
+        self.snapshot_label.setStyleSheet("color: #c0392b;" if error else "")
+        self.snapshot_label.setText(text)
+        self.statusBar().showMessage(text, 10_000)
+
+    def _on_snapshot_saved(self, record: SnapshotRecord) -> None:
+        self._snapshot_message(f"Saved {record.path}")
+        if self.browser is not None and self.browser.isVisible():
+            self.browser.reload()
+        self.snapshot_saved.emit(record)
+
+    def _on_snapshot_failed(self, message: str) -> None:
+        self._snapshot_message(message, error=True)
+        self.snapshot_failed.emit(message)
+
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Snapshot folder", str(self.snapshot_folder()))
+        if folder:
+            self.set_snapshot_folder(Path(folder))
+
+    def set_snapshot_folder(self, folder: Path) -> None:
+        self._folder_override = None
+        self.settings.set("snapshots/folder", str(folder))
+        self._snapshot_message(f"Snapshots go to {folder}")
+        if self.browser is not None:
+            self.browser.folder = folder
+            self.browser.reload()
+
+    def open_browser(self) -> SnapshotBrowser:
+        if self.browser is None:
+            self.browser = SnapshotBrowser(self.snapshot_folder(), self)
+            self.browser.rank_requested.connect(self.worker.rank)
+            self.worker.rank_ready.connect(self._on_rank_ready)
+            self.worker.rank_failed.connect(self.browser.show_rank_error)
+        matcher = self.models.matcher if self.models else None
+        self.browser.set_ranker(matcher.name if matcher else None)
+        self.browser.folder = self.snapshot_folder()
+        self.browser.reload()
+        self.browser.show()
+        self.browser.raise_()
+        return self.browser
+
+    def _on_rank_ready(self, outcome: RankOutcome) -> None:
+        if self.browser is not None and outcome.query == self.browser.search.text().strip():
+            self.browser.show_ranked(outcome.ranked)
+
+    # --- source status and shutdown ----------------------------------------------------------
+
+    def _on_source_status(self, message: str, ok: bool) -> None:
+        self.source_label.setText(message)
+        self.source_label.setStyleSheet("" if ok else "color: #c0392b;")
+        if not ok and self.preview.frame is None:
+            self.preview.placeholder = message
+            self.preview.update()
+
+    def shutdown(self) -> None:
+        """Join every thread: capture first (no new frames), then inference (drops waiting
+        captions, finishes the running call), then snapshots (drained: requested saves finish)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.controls.save(self.settings)
+        if self._saved_continuous is not None:
+            self.settings.set("captioning/continuous", self._saved_continuous)
+        self.settings.set("window/geometry", self.saveGeometry())
+        self.settings.sync()
+        self.capture.shutdown()
+        self.worker.shutdown()
+        self.saver.shutdown(drain=True)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.statusBar().showMessage("Finishing the current inference…")
+        self.shutdown()
+        if self.browser is not None:
+            self.browser.close()
+        super().closeEvent(event)

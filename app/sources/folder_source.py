@@ -1,0 +1,62 @@
+"""A folder of images shown as a slideshow (a camera stand-in for demos and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.sources.base import FrameSource, SourceError, as_rgb_frame
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+MAX_SIDE = 1280  # larger photos are shrunk: BLIP sees 384 px and the preview a window's worth
+
+
+class FolderSource(FrameSource):
+    """Cycles through the images of ``folder`` (sorted by name), one every ``interval`` seconds.
+
+    The folder is re-listed at every ``open``, so images added while running show up after the
+    next pass. Unreadable files are skipped, never fatal.
+    """
+
+    def __init__(self, folder: str | Path, interval: float = 3.0):
+        self.folder = Path(folder)
+        self.name = f"folder {self.folder}"
+        self.interval = interval
+        self._paths: list[Path] = []
+        self._pos = 0
+        self._last: Path | None = None
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceError(f"image folder not found: {self.folder}")
+        self._paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._paths:
+            raise SourceError(f"no images in {self.folder}")
+        self._pos = 0
+
+    def read(self) -> np.ndarray | None:
+        # one full pass over unreadable files ends in None, which makes the thread reopen later
+        for _ in range(len(self._paths)):
+            path = self._paths[self._pos % len(self._paths)]
+            self._pos += 1
+            image = _load_rgb(path)
+            if image is not None:
+                self._last = path
+                return image
+        return None
+
+    def read_meta(self) -> dict:
+        return {"path": str(self._last)} if self._last else {}
+
+
+def _load_rgb(path: Path) -> np.ndarray | None:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phone photos are stored sideways + an EXIF tag
+            im.thumbnail((MAX_SIDE, MAX_SIDE))
+            return as_rgb_frame(np.asarray(im.convert("RGB")))
+    except Exception:
+        return None

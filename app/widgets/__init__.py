@@ -1,0 +1,1 @@
+"""Small widgets of the main window: preview + overlay, controls, questions, snapshot browser."""

@@ -1,0 +1,79 @@
+"""What the overlay on the preview says (pure ``overlay_lines``) and how it is drawn.
+
+The overlay is painted by the preview widget itself, over the frame, rather than as a stacked
+child widget: stacking widgets over a native/GL video surface is fragile (picamera2 #437), and
+one paint pass keeps caption and frame in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QTextOption
+
+WAITING = "waiting for the first caption…"
+
+
+@dataclass(frozen=True)
+class OverlayState:
+    """Everything the overlay shows. ``None`` timings mean "no caption yet"."""
+
+    caption: str = ""
+    vision_ms: float | None = None
+    decode_ms: float | None = None
+    total_ms: float | None = None
+    tokens_per_s: float | None = None
+    camera_fps: float = 0.0
+    model: str = ""
+    precision: str = ""
+    status: str = ""  # e.g. "paused", "loading caption model 40%"
+
+
+def overlay_lines(state: OverlayState) -> list[str]:
+    """The overlay's text, top to bottom: caption, timings, camera + model, status."""
+    lines = [state.caption or WAITING]
+    if state.total_ms is not None:
+        lines.append(f"vision {state.vision_ms or 0:.0f} ms · decode {state.decode_ms or 0:.0f} ms · "
+                     f"total {state.total_ms:.0f} ms · {state.tokens_per_s or 0:.1f} tok/s")
+    model = f"{state.model} ({state.precision})" if state.model else "no model yet"
+    lines.append(f"camera {state.camera_fps:.1f} fps · {model}")
+    if state.status:
+        lines.append(state.status)
+    return lines
+
+
+def paint_overlay(painter: QPainter, area: QRectF, lines: list[str]) -> None:
+    """Draw ``lines`` in a translucent box along the bottom of ``area`` (caption first, larger)."""
+    if not lines:
+        return
+    pad = 8.0
+    width = max(area.width() - 2 * pad, 50.0)
+    caption_font = QFont(painter.font())
+    caption_font.setPointSizeF(max(11.0, area.height() / 32))
+    caption_font.setBold(True)
+    small_font = QFont(painter.font())
+    small_font.setPointSizeF(max(8.0, area.height() / 48))
+    option = QTextOption()
+    option.setWrapMode(QTextOption.WrapMode.WordWrap)
+
+    blocks = []
+    for i, line in enumerate(lines):
+        font = caption_font if i == 0 else small_font
+        rect = QFontMetricsF(font).boundingRect(QRectF(0, 0, width - 2 * pad, 10_000), Qt.TextFlag.TextWordWrap, line)
+        blocks.append((font, line, rect.height()))
+    box_h = sum(h for _, _, h in blocks) + 2 * pad + 2 * (len(blocks) - 1)
+    box = QRectF(area.left() + pad, area.bottom() - box_h - pad, width, box_h)
+
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.setBrush(QColor(0, 0, 0, 150))  # ~60 % black: readable over any frame, frame still visible
+    painter.drawRoundedRect(box, 6, 6)
+    y = box.top() + pad
+    for i, (font, line, h) in enumerate(blocks):
+        painter.setFont(font)
+        painter.setPen(QColor(255, 255, 255) if i == 0 else QColor(220, 220, 220))
+        painter.drawText(QRectF(box.left() + pad, y, box.width() - 2 * pad, h), line, option)
+        y += h + 2
+    painter.restore()

@@ -1,0 +1,167 @@
+"""The background threads: inference (models, captions, answers, snapshot ranking) and snapshot
+writing. The GUI thread only submits jobs and receives signals; it never waits on either.
+
+Why snapshot writing has its own thread: the JPEG encode is quick, but ``fsync`` on a Pi's SD card
+can take hundreds of milliseconds, and a caption in progress must not delay a save either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Signal
+
+from app.engine import AnswerOutcome, InferenceEngine
+from app.jobs import JobThread
+from app.models import LoadedModels, Loader, ModelRequest, default_loader
+from app.prompts import CaptionOptions
+from app.snapshots import SnapshotError, SnapshotRecord, write_snapshot
+from app.sources.base import Frame
+
+log = logging.getLogger(__name__)
+
+
+def _is_user_error(e: Exception) -> bool:
+    from blip_core.errors import BlipError  # lazily: blip_core imports torch (see app.models)
+
+    return isinstance(e, BlipError)
+
+
+def _message(e: Exception) -> str:
+    # BlipError messages are written for users; anything else is a bug, so say what it was
+    return str(e) if _is_user_error(e) else f"internal error: {type(e).__name__}: {e}"
+
+
+class LoadCancelled(Exception):
+    """Raised from the progress callback when the app closes mid-load, to abandon a download
+    (huggingface_hub resumes it next time) instead of making the window wait for it."""
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """Snapshot records ranked against a query: ``ranked`` is [(record, itm, itc)], best first."""
+
+    query: str
+    ranked: list
+    model: str
+
+
+class InferenceWorker(JobThread):
+    """Owns the InferenceEngine; every model call happens on this thread."""
+
+    load_progress = Signal(float, str)  # fraction 0..1, message
+    models_changed = Signal(object)  # LoadedModels: after the caption model, again after the VQA model
+    models_failed = Signal(str)
+    caption_ready = Signal(object)  # engine.CaptionOutcome
+    caption_failed = Signal(str)
+    answer_ready = Signal(object)  # engine.AnswerOutcome (with .error set when it failed)
+    rank_ready = Signal(object)  # RankOutcome
+    rank_failed = Signal(str)
+
+    def __init__(self, loader: Loader | None = None, parent=None):
+        super().__init__("inference", parent)
+        self._loader = loader
+        self.engine = InferenceEngine(loader)  # loader resolved in the thread when None
+
+    # --- submissions (GUI thread) -------------------------------------------------------------
+
+    def load_models(self, request: ModelRequest) -> None:
+        self.submit(lambda: self._load(request))
+
+    def request_caption(self, frame: Frame, options: CaptionOptions) -> None:
+        """Caption ``frame`` when free; a newer request replaces this one if it is still waiting."""
+        self.submit_latest(lambda: self._caption(frame, options))
+
+    def ask(self, frame: Frame, question: str, tag: Any = None) -> None:
+        self.submit(lambda: self._answer(frame, question, tag))
+
+    def rank(self, query: str, records: list) -> None:
+        self.submit(lambda: self._rank(query, records))
+
+    # --- jobs (worker thread) -----------------------------------------------------------------
+
+    def _progress(self, fraction: float, message: str) -> None:
+        if self.stopping:
+            raise LoadCancelled("the app is closing")
+        self.load_progress.emit(float(fraction), str(message))
+
+    def _snapshot_models(self) -> LoadedModels:
+        # a copy, so the GUI never reads an object this thread is still filling in
+        models = self.engine.models
+        return dataclasses.replace(models, notices=list(models.notices))
+
+    def _load(self, request: ModelRequest) -> None:
+        try:
+            if self.engine.loader is None:
+                self._progress(0.0, "starting the model library")
+                self.engine.loader = default_loader()  # imports torch: seconds, hence here
+            self.engine.load_captioner(request, self._progress)
+            self.models_changed.emit(self._snapshot_models())
+            self.engine.load_answerer(request, self._progress)
+            self.models_changed.emit(self._snapshot_models())
+        except LoadCancelled:
+            return
+        except Exception as e:
+            if not _is_user_error(e):
+                log.exception("model loading failed")
+            self.models_failed.emit(_message(e))
+
+    def _caption(self, frame: Frame, options: CaptionOptions) -> None:
+        try:
+            outcome = self.engine.caption(frame, options)
+        except Exception as e:
+            if not _is_user_error(e):
+                log.exception("caption failed")
+            self.caption_failed.emit(_message(e))
+            return
+        self.caption_ready.emit(outcome)
+
+    def _answer(self, frame: Frame, question: str, tag: Any) -> None:
+        try:
+            outcome = self.engine.answer(frame, question, tag)
+        except Exception as e:
+            if not _is_user_error(e):
+                log.exception("answer failed")
+            from blip_core.results import Timings
+
+            outcome = AnswerOutcome(frame.index, question, None, Timings(), False, error=_message(e), tag=tag)
+        self.answer_ready.emit(outcome)
+
+    def _rank(self, query: str, records: list) -> None:
+        try:
+            ranked = self.engine.rank_snapshots(query, records)
+        except Exception as e:
+            if not _is_user_error(e):
+                log.exception("ranking failed")
+            self.rank_failed.emit(_message(e))
+            return
+        self.rank_ready.emit(RankOutcome(query, ranked, self.engine.models.matcher.name))
+
+
+class SnapshotSaver(JobThread):
+    """Writes snapshots in order, off the GUI thread."""
+
+    saved = Signal(object)  # SnapshotRecord with .path set
+    failed = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__("snapshots", parent)
+
+    def save(self, folder: str | Path, image, record: SnapshotRecord) -> None:
+        self.submit(lambda: self._save(Path(folder), image, record))
+
+    def _save(self, folder: Path, image, record: SnapshotRecord) -> None:
+        try:
+            saved = write_snapshot(folder, image, record)
+        except SnapshotError as e:
+            self.failed.emit(str(e))
+            return
+        except Exception as e:  # e.g. an encoder error: report it, keep the app running
+            log.exception("snapshot failed")
+            self.failed.emit(f"Snapshot not saved: {type(e).__name__}: {e}")
+            return
+        self.saved.emit(saved)

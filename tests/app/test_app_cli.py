@@ -1,0 +1,137 @@
+"""The command line: argument parsing and errors, and ``--exit-after-captions`` run as a real
+process (offscreen) with the fake model injected through ``main(loader=...)``, plus the same
+with the real bundled demo model once it exists."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.cli import parse_args
+from app.main import ExitAfterCaptions
+from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL
+from app.sources.base import SourceSpec
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def test_defaults():
+    config = parse_args([])
+    assert config.source == SourceSpec("auto") and config.exit_after_captions is None
+    assert (config.models.caption, config.models.vqa, config.models.precision) == (DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, "int8")
+
+
+def test_model_shortcut_and_options(tmp_path):
+    config = parse_args(["--model", "m.pth", "--precision", "fp32", "--threads", "2", "--source", "webcam:1",
+                         "--exit-after-captions", "3", "--snapshot-dir", str(tmp_path), "--interval", "0.5"])
+    assert (config.models.caption, config.models.vqa, config.models.threads) == ("m.pth", "m.pth", 2)
+    assert config.source == SourceSpec("webcam", "1") and config.exit_after_captions == 3
+    assert config.snapshot_dir == tmp_path and config.interval == 0.5
+    assert parse_args(["--vqa-model", "none"]).models.vqa is None
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--source", "usb"], "unknown source"),
+    (["--source", "folder:/no/such/dir"], "not found"),
+    (["--precision", "fp16"], "invalid choice"),
+    (["--threads", "0"], "at least 1"),
+    (["--exit-after-captions", "0"], "at least 1"),
+    (["--interval", "-1"], "positive"),
+    (["--model", "a", "--vqa-model", "b"], "do not combine"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_argument_errors_are_one_line_and_exit_2(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and fragment in err
+    assert err.startswith("blip-cam: error: ") and err.count("\n") == 1
+
+
+def _run(args, tmp_path, code=None, timeout=90):
+    """Run the app in a fresh process, offscreen, with isolated settings and home."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path / "home"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "BLIP_CAM_SETTINGS": str(tmp_path / "settings.ini")}
+    env.pop("DISPLAY", None)
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "app.main", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_argument_in_a_real_process(tmp_path):
+    result = _run(["--source", "nonsense"], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0 and "unknown source" in result.stderr
+
+
+# the product has no hidden switch for fakes: tests inject one through main()'s loader argument
+FAKE_MAIN = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import app.models
+from app.main import main
+from app_fakes import FakeLoader
+app.models.demo_model_path = lambda: None  # deterministic whether or not the demo model is installed
+sys.exit(main(sys.argv[1:], loader=FakeLoader(unavailable={{"missing://model"}})))
+"""
+
+
+@pytest.fixture
+def colour_folder(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, rgb in enumerate([(220, 40, 40), (40, 170, 60), (40, 80, 220)]):
+        Image.new("RGB", (64, 48), rgb).save(folder / f"{i}.png")
+    return folder
+
+
+def test_exit_after_captions_prints_n_captions_and_exits_0(tmp_path, colour_folder):
+    result = _run(["--source", f"folder:{colour_folder}", "--interval", "0.1", "--model", "fake://blip",
+                   "--exit-after-captions", "3"], tmp_path, code=FAKE_MAIN)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(re.fullmatch(r"a picture of a (red|green|blue) scene", line) for line in lines), lines
+    assert "Traceback" not in result.stderr
+
+
+def test_exit_after_captions_reports_model_failure(tmp_path, colour_folder):
+    result = _run(["--source", f"folder:{colour_folder}", "--model", "missing://model", "--exit-after-captions", "1"],
+                  tmp_path, code=FAKE_MAIN)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("blip-cam: error: ") and "not in the cache" in result.stderr
+
+
+def test_exit_after_captions_in_process(qtbot, make_window, fake_loader):
+    window = make_window(loader=fake_loader, continuous=False)
+    out, err = io.StringIO(), io.StringIO()
+    checker = ExitAfterCaptions(window, 2, out, err)  # forces continuous captioning
+    qtbot.waitUntil(lambda: checker.exit_code is not None, timeout=5000)
+    assert checker.exit_code == 0 and not window.isVisible()
+    assert out.getvalue().splitlines() == ["a picture of a red scene"] * 2
+
+
+def _demo_model() -> Path | None:
+    try:
+        import blip_core
+    except ImportError:
+        return None
+    if not hasattr(blip_core, "load") or not hasattr(blip_core, "demo_model_path"):
+        return None
+    path = Path(blip_core.demo_model_path())
+    return path if path.exists() else None
+
+
+@pytest.mark.skipif(_demo_model() is None, reason="needs blip_core.load and the bundled demo model")
+def test_exit_after_captions_with_the_real_demo_model(tmp_path):
+    result = _run(["--source", "scenes", "--interval", "0.5", "--model", str(_demo_model()), "--precision", "fp32",
+                   "--threads", "1", "--exit-after-captions", "2"], tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.strip() for line in lines)
