@@ -554,11 +554,13 @@ def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(model: BlipModel, folder: str | os.PathLike, tokenizer: BlipTokenizer, extra: dict | None = None) -> Path:
-    """Save in our own format: config.json (with ``blipcam``), model.safetensors, vocab.txt."""
+def save(model: BlipModel, folder: str | os.PathLike, tokenizer: BlipTokenizer, extra: dict | None = None,
+         dtype: torch.dtype = torch.float32) -> Path:
+    """Save in our own format: config.json (with ``blipcam``), model.safetensors, vocab.txt.
+    ``dtype=torch.float16`` halves the file (e.g. a bundled model); loading always computes in fp32."""
     from safetensors.torch import save_file
 
-    sd = _unshared({k: v.float() for k, v in model.state_dict().items()})
+    sd = _unshared({k: v.to(dtype) for k, v in model.state_dict().items()})
     meta = {"blipcam": model.cfg.to_dict(), "format_version": FORMAT_VERSION, **(extra or {})}
     _atomic_write(Path(folder), {
         "config.json": json.dumps(meta, indent=2).encode(),

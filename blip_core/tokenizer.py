@@ -103,7 +103,9 @@ class BlipTokenizer:
         return [self.dec_id] + self.tokens(prompt)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True).strip()
+        # [PAD]/[CLS]/[SEP] are plain vocab.txt entries, which skip_special_tokens does not skip
+        special = {self.pad_id, self.cls_id, self.sep_id}
+        return self._tok.decode([i for i in ids if i not in special], skip_special_tokens=True).strip()
 
     def continuation(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
         """Text of ``new_ids`` after a prompt. Decoded together with the prompt so a word-piece that

@@ -220,3 +220,13 @@ def test_importing_errors_does_not_import_torch():
     code = "import sys, blip_core, blip_core.errors, blip_core.results; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_half_precision_storage(captioner, images, tmp_path):
+    save(captioner.model, tmp_path / "half", captioner.tokenizer, dtype=torch.float16)
+    full = (tmp_path / "half" / "model.safetensors").stat().st_size
+    m = blip_core.load(tmp_path / "half")
+    assert next(m.model.parameters()).dtype == torch.float32  # computed in fp32
+    save(captioner.model, tmp_path / "full", captioner.tokenizer)
+    assert full < 0.6 * (tmp_path / "full" / "model.safetensors").stat().st_size
+    assert isinstance(m.caption(images[0], max_new_tokens=4).text, str)
