@@ -1,0 +1,58 @@
+"""Pre-train BLIP's MED model with its three objectives: loss = ITC + ITM + LM.
+
+    python -m training.pretrain --config training/configs/smoke.yaml [key=value ...]
+    torchrun --nproc_per_node=4 -m training.pretrain --config training/configs/pretrain_base.yaml \\
+        data=json train_json=annotations/ccs_filtered.json image_root=/data/images
+
+The model is ``BlipModel`` with tasks caption + match (text encoder, text decoder, projections,
+ITM head); the decoder shares every parameter with the encoder except self-attention. Momentum
+encoders, queues and the temperature live in ``training.objectives.Objective``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import dist
+from .checkpoint import build_model, init_temperature
+from .config import PretrainConfig, arg_parser, parse, run_cli, setup_process
+from .data import train_captions
+from .loop import Run, train
+from .objectives import Objective, tie_text_stacks
+
+log = logging.getLogger("training.pretrain")
+
+
+def build(cfg: PretrainConfig, info: dist.DistInfo) -> Run:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, tokenizer = build_model(cfg, ("caption", "match"))
+    tie_text_stacks(model.text_encoder, model.text_decoder)
+    temp = (init_temperature(cfg.init) if cfg.init else None) or cfg.temp
+    objective = Objective(model, tokenizer, ("itc_itm", "lm"), max_tokens=cfg.max_tokens, temp=temp,
+                          queue_size=cfg.queue_size, momentum=cfg.momentum,
+                          negatives_all_ranks=cfg.negatives_all_ranks, seed=cfg.seed)
+    datasets = {"captions": train_captions(cfg, model.cfg.vision.image_size, photo_min_scale=0.2)}
+    return Run("pretrain", cfg, info, objective, datasets)
+
+
+def run(cfg: PretrainConfig) -> Run:
+    info = dist.init()
+    setup_process(cfg, info.main)
+    r = build(cfg, info)
+    train(r)
+    return r
+
+
+def main(argv: list[str]) -> None:
+    args = arg_parser("python -m training.pretrain", __doc__.splitlines()[0]).parse_args(argv)
+    cfg = parse(PretrainConfig, args.config, args.overrides)
+    try:
+        run(cfg)
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    run_cli(main)
