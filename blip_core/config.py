@@ -100,12 +100,14 @@ VISION_PRESETS = {
     "large": VisionConfig(width=1024, layers=24, heads=16, mlp_dim=4096),
     # small presets for the scene world, tests and CPU training
     "small": VisionConfig(image_size=128, patch_size=16, width=256, layers=6, heads=4, mlp_dim=1024),
+    "mini": VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=4, mlp_dim=512),
     "tiny": VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64),
 }
 
 TEXT_PRESETS = {
     "base": TextConfig(),
     "small": TextConfig(width=256, layers=4, heads=4, mlp_dim=1024, max_positions=64),
+    "mini": TextConfig(width=128, layers=4, heads=4, mlp_dim=512, max_positions=64),
     "tiny": TextConfig(width=32, layers=2, heads=2, mlp_dim=64, max_positions=64),
 }
 
