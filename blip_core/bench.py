@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import BadInputError
@@ -37,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-model", default=None,
                    help="a trained small model for the int8 caption-identity/CIDEr line (default: the demo model)")
     p.add_argument("--quality-scenes", type=int, default=200)
+    p.add_argument("--quality-only", action="store_true",
+                   help="recompute only the trained-model int8 line and rewrite the report from its .json")
     p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--no-rss", action="store_true", help="skip the per-process peak-memory runs")
     p.add_argument("--rss-child", nargs=2, metavar=("CONFIG", "MODEL"), help=argparse.SUPPRESS)
@@ -78,11 +79,17 @@ class HFCaptioner:
         from transformers import BlipForConditionalGeneration, BlipImageProcessor
 
         self.model = BlipForConditionalGeneration.from_pretrained(folder).eval()
-        self.proc = BlipImageProcessor(size={"height": 384, "width": 384})
+        size = self.model.config.vision_config.image_size  # 384 for BLIP-base
+        self.proc = BlipImageProcessor(size={"height": size, "width": size})
         from .tokenizer import BlipTokenizer
 
         tok = BlipTokenizer(folder / "vocab.txt")
         self.ids = torch.tensor([[tok.cls_id] + tok.tokens(PROMPT) + [tok.sep_id]])
+
+    def encode(self, image):
+        px = self.proc(image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return self.model.vision_model(pixel_values=px)[0]
 
     def caption(self, image, num_beams=1):
         px = self.proc(image, return_tensors="pt")["pixel_values"]
@@ -98,7 +105,8 @@ class HFVqa:
         from .tokenizer import BlipTokenizer
 
         self.model = BlipForQuestionAnswering.from_pretrained(folder).eval()
-        self.proc = BlipImageProcessor(size={"height": 384, "width": 384})
+        size = self.model.config.vision_config.image_size  # 384 for BLIP-base
+        self.proc = BlipImageProcessor(size={"height": size, "width": size})
         tok = BlipTokenizer(folder / "vocab.txt")
         self.ids = torch.tensor([[tok.cls_id] + tok.tokens(QUESTION) + [tok.sep_id]])
 
@@ -146,7 +154,8 @@ def teacher_forced_agreement(fp32, int8, images, max_new: int = NEW_TOKENS) -> f
 
 
 def caption_quality(source: str, n: int) -> dict:
-    """Greedy captions of fp32 vs int8 on ``n`` held-out scenes of a trained model."""
+    """Greedy captions of fp32 vs int8 on ``n`` held-out scenes of a trained model (prompted
+    like the demo model was fine-tuned)."""
     from . import load
     from .metrics import caption_scores
     from .scenes import render
@@ -156,7 +165,7 @@ def caption_quality(source: str, n: int) -> dict:
     refs = {i: list(s.captions) for i, s in enumerate(scenes)}
     preds = {}
     for name, m in (("fp32", fp32), ("int8", int8)):
-        preds[name] = {i: m.caption(s.image, prompt="", max_new_tokens=30, min_new_tokens=1).text
+        preds[name] = {i: m.caption(s.image, prompt=PROMPT, max_new_tokens=30, min_new_tokens=1).text
                        for i, s in enumerate(scenes)}
     same = sum(preds["fp32"][i] == preds["int8"][i] for i in refs) / n
     return {"identical": same, "cider_fp32": caption_scores(preds["fp32"], refs)["cider"],
@@ -259,10 +268,35 @@ def _chart(rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- main
+def _quality_model(args) -> str | None:
+    from . import demo_model_path
+
+    return args.quality_model or (str(demo_model_path()) if demo_model_path().exists() else None)
+
+
+def quality_only(args) -> int:
+    """Refresh the trained-model int8 line of an earlier run's report."""
+    saved = args.output.with_suffix(".json")
+    if not saved.is_file():
+        raise BadInputError(f"--quality-only needs an earlier run's {saved}; run blip bench first")
+    qmodel = _quality_model(args)
+    if not qmodel:
+        raise BadInputError("no trained model: give --quality-model or build the demo model (make demo-model)")
+    torch.set_num_threads(args.threads)
+    results = json.loads(saved.read_text())
+    results.setdefault("quality", {})["trained"] = caption_quality(qmodel, args.quality_scenes)
+    print(f"trained model: {results['quality']['trained']}", flush=True)
+    write_report(results, args.output)
+    saved.write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def main(args) -> int:
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], args.threads)
         return 0
+    if args.quality_only:
+        return quality_only(args)
     try:
         import onnxruntime
         import transformers
@@ -301,6 +335,11 @@ def main(args) -> int:
         "ours fp32": lambda: ours["fp32"].caption(image, num_beams=3, **kw),
         "ours int8": lambda: ours["int8"].caption(image, num_beams=3, **kw),
     }, max(3, args.repeats // 2)), "transformers fp32")
+    record("vision encoder only (preprocess + ViT)", interleaved({
+        "transformers fp32": lambda: hf_cap.encode(image),
+        "ours fp32": lambda: ours["fp32"].encode_image(image),
+        "ours int8": lambda: ours["int8"].encode_image(image),
+    }, args.repeats), "transformers fp32")
     feats = {p: m.encode_image(image) for p, m in ours_vqa.items()}
     record("VQA follow-up (encoded frame)", interleaved({
         "transformers fp32 (generate)": lambda: hf_vqa.answer(image),
@@ -313,13 +352,11 @@ def main(args) -> int:
     quality = {"agreement": teacher_forced_agreement(ours["fp32"], ours["int8"], agreement_images),
                "agreement_images": len(agreement_images)}
     print(f"teacher-forced agreement int8 vs fp32: {quality['agreement'] * 100:.1f}%", flush=True)
-    from . import demo_model_path
-
-    qmodel = args.quality_model or (str(demo_model_path()) if demo_model_path().exists() else None)
+    qmodel = _quality_model(args)
     if qmodel:
         quality["trained"] = caption_quality(qmodel, args.quality_scenes)
         print(f"trained model: {quality['trained']}", flush=True)
-    del hf_cap, hf_vqa, ours, ours_vqa
+    hf_cap = hf_vqa = ours = ours_vqa = None  # free the models before the memory runs
     rss = {}
     if not args.no_rss:
         for config in ("transformers-fp32", "ours-fp32", "ours-int8"):

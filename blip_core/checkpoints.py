@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .config import TASKS, BlipConfig, TextConfig, VisionConfig
+from .config import BlipConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
 from .models import BlipModel
 from .tokenizer import BERT_VOCAB, BlipTokenizer

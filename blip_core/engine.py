@@ -36,7 +36,7 @@ from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError
 from .models import BlipModel
-from .text import TextTransformer, padding_mask
+from .text import TextTransformer
 
 log = logging.getLogger(__name__)
 ENGINE_VERSION = 1

@@ -235,7 +235,8 @@ def _merge_json(cfg: CapFiltConfig, parts: Path, n_chunks: int) -> dict:
         part = json.loads((parts / f"chunk-{c:06d}.json").read_text())
         candidates += part["entries"]
         skipped += part["skipped"]
-    dataset = _clean_entries(cfg)
+    clean = _clean_entries(cfg)
+    dataset = list(clean)
     for e in candidates:
         kept = [t for t in e["texts"] if t["kept"]]
         if kept:
@@ -245,7 +246,7 @@ def _merge_json(cfg: CapFiltConfig, parts: Path, n_chunks: int) -> dict:
     _write_atomic(out / "candidates.json", json.dumps(candidates, indent=0))
     _write_atomic(out / "bootstrap.json", json.dumps(dataset, indent=0))
     report = {"web_images": len(candidates), "skipped_images": skipped, "itm_threshold": cfg.itm_threshold,
-              "captions_per_image": cfg.captions_per_image, "top_p": cfg.top_p, "clean_entries": len(_clean_entries(cfg)),
+              "captions_per_image": cfg.captions_per_image, "top_p": cfg.top_p, "clean_entries": len(clean),
               **_counts(t for e in candidates for t in e["texts"])}
     _write_atomic(out / "report.json", json.dumps(report, indent=2))
     return report

@@ -1,12 +1,13 @@
 """Fixtures for the app tests: offscreen Qt, isolated settings, a fake model behind the
 ``model_loader`` swap point, a window factory, and a napari-style dangling-QThread check.
 
-Swapping in a real small model is one fixture change: make ``model_loader`` return
-``CountingLoader(blip_core.load)`` and ``model_source`` the model's path (e.g.
-``blip_core.demo_model_path()``). Tests that use ``model_loader`` (via ``make_window``'s default)
-check only what holds for any model: prompts and options reaching it, encode counts, overlay
-format, snapshot files, threads. Tests that need predictable text ("a red scene") or slow calls
-pass ``fake_loader`` or their own ``FakeLoader`` explicitly.
+When the bundled demo model exists, ``model_loader`` is ``CountingLoader(blip_core.load)`` and
+``model_source`` the demo model's path: the window tests then run a real small BLIP (int8, as the
+app defaults to; converted once per session into a shared cache). Without it (a checkout that has
+not built it yet) they fall back to the fake. Tests that use ``model_loader`` (via
+``make_window``'s default) check only what holds for any model: prompts and options reaching it,
+encode counts, overlay format, snapshot files, threads. Tests that need predictable text ("a red
+scene") or slow calls pass ``fake_loader`` or their own ``FakeLoader`` explicitly.
 """
 
 from __future__ import annotations
@@ -77,16 +78,44 @@ def fake_loader(fake_model) -> FakeLoader:
     return FakeLoader(fake_model)
 
 
+def _demo_model() -> Path | None:
+    import blip_core
+
+    path = Path(blip_core.demo_model_path())
+    return path if (path / "config.json").is_file() else None
+
+
+DEMO_MODEL = _demo_model()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_int8_cache(tmp_path_factory):
+    """One int8 conversion of the demo model per session (HOME changes per test)."""
+    before = os.environ.get("BLIPCAM_CACHE")
+    os.environ["BLIPCAM_CACHE"] = str(tmp_path_factory.mktemp("blipcam-cache"))
+    yield
+    if before is None:
+        os.environ.pop("BLIPCAM_CACHE", None)
+    else:
+        os.environ["BLIPCAM_CACHE"] = before
+
+
 @pytest.fixture
 def model_loader(fake_loader):
     """Swap point: a callable with blip_core.load's signature whose models count their calls."""
-    return fake_loader
+    if DEMO_MODEL is None:
+        return fake_loader
+    import blip_core
+
+    from app_fakes import CountingLoader
+
+    return CountingLoader(blip_core.load)
 
 
 @pytest.fixture
 def model_source() -> str:
     """Swap point: what --model names (a hub id or a path the loader understands)."""
-    return "fake://blip"
+    return str(DEMO_MODEL) if DEMO_MODEL is not None else "fake://blip"
 
 
 @pytest.fixture

@@ -177,7 +177,7 @@ def test_two_ranks_split_the_work(capfilt_run, corpus, tmp_path):
     out, _ = capfilt_run
     given = dict(captioner=(out / "captioner" / capfilt.DONE).read_text().strip(),
                  filter=(out / "filter" / capfilt.DONE).read_text().strip())
-    single = capfilt.run(cf_config(tmp_path / "one", corpus, stages="bootstrap", **given))
+    capfilt.run(cf_config(tmp_path / "one", corpus, stages="bootstrap", **given))
     cfg = cf_config(tmp_path / "two", corpus, stages="bootstrap", **given)
     args = [f"{k}={v}" for k, v in C.to_dict(cfg).items() if v not in ("", None)]
     root = Path(__file__).resolve().parents[2]

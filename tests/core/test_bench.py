@@ -1,0 +1,40 @@
+"""`blip bench` end to end on tiny checkpoints: every workload timed for every configuration,
+ratios against transformers, the int8 quality lines, the report and chart written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from blip_core import bench
+
+from tests.helpers import save_hf, seeded_hf_model
+
+
+def test_bench_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLIPCAM_CACHE", str(tmp_path / "cache"))
+    kw = dict(width=64, heads=2, text_width=64)
+    cap = save_hf(seeded_hf_model("caption", seed=1, **kw), tmp_path / "cap")
+    vqa = save_hf(seeded_hf_model("vqa", seed=2, **kw), tmp_path / "vqa")
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "docs" / "benchmarks.md"
+    args = p.parse_args(["--model", str(cap), "--vqa-model", str(vqa), "--repeats", "1", "--threads", "1",
+                         "--quality-model", str(cap), "--quality-scenes", "3", "--no-rss", "--output", str(out)])
+    assert bench.main(args) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    workloads = {r["workload"] for r in results["rows"]}
+    assert len(workloads) == 4 and len(results["rows"]) == 12
+    for r in results["rows"]:
+        assert r["median_ms"] > 0 and r["speedup"] > 0
+        if r["config"].startswith("transformers"):
+            assert r["speedup"] == 1.0
+    q = results["quality"]
+    assert 0.0 <= q["agreement"] <= 1.0 and q["trained"]["n"] == 3
+    text = out.read_text()
+    assert "| new-frame caption, greedy | ours int8 |" in text and "teacher-forced" in text
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # --quality-only refreshes the trained-model line from the saved results
+    args = p.parse_args(["--quality-only", "--quality-model", str(cap), "--quality-scenes", "2", "--output", str(out)])
+    assert bench.main(args) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["quality"]["trained"]["n"] == 2

@@ -1,0 +1,148 @@
+"""Build the bundled demo model: the CapFilt pipeline's best data, a `mini` BLIP pre-trained on it,
+then fine-tuned on scenes for captioning, VQA and retrieval in one model; evaluated on held-out
+scenes and saved in fp16 to ``assets/blip-scenes-demo`` with its card.
+
+    make demo-model          # = python -m training.experiments.demo_model
+
+Starts from the best pre-trained model of the CapFilt experiment (``runs/capfilt_effect``; the
+experiment runs first if needed). Every step is skipped when its output exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import capfilt_effect as cfe
+
+REPO = cfe.REPO
+ASSETS = REPO / "assets" / "blip-scenes-demo"
+TEST_SEED, TEST_SCENES = 2026, 200  # held-out evaluation scenes (training scenes use other seeds)
+MAX_OBJECTS = 3
+PROMPT = "a picture of "
+SIZE_LIMIT_MB = 50
+
+
+def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
+    """The best pre-trained model of the CapFilt experiment (by TR@1 + IR@1 on held-out
+    scenes), running the experiment first (its finished steps are skipped)."""
+    results = cfe.main(["--out", str(experiment), "--threads", str(threads)])["results"]
+    best = max(cfe.VARIANTS, key=lambda v: results[v]["tr_r1"] + results[v]["ir_r1"])
+    cfe.log(f"demo model starts from the {best} pre-training run")
+    return best, experiment / "pretrain" / best
+
+
+def finetune(work: Path, init: Path, steps: int, threads: int) -> Path:
+    run = work / "multitask"
+    if not (run / "DONE").is_file():
+        cfe.python_m("training.finetune", "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
+                     "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
+                     "epochs=1", "batch_size=32", "lr=3e-4", "warmup_steps=100", "schedule=cosine", "min_lr=1e-5",
+                     "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40", f"prompt={PROMPT}",
+                     "eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1",
+                     f"output_dir={run}", *([f"resume={run}"] if (run / "checkpoints").is_dir() else []),
+                     threads=threads)
+        (run / "DONE").write_text("done\n")
+    return run
+
+
+def evaluate(work: Path, run: Path, threads: int) -> dict:
+    out = work / "eval"
+    if not (out / "eval.json").is_file():
+        cfe.python_m("training.evaluate", f"init={run}", "data=scenes", f"val_seed={TEST_SEED}",
+                     f"val_count={TEST_SCENES}", f"scene_max_objects={MAX_OBJECTS}", "tasks=caption,vqa,retrieval",
+                     f"prompt={PROMPT}", "vqa_mode=both", "k_test=16", "progress=false", f"output_dir={out}",
+                     threads=threads)
+    return json.loads((out / "eval.json").read_text())
+
+
+def export(run: Path, assets: Path, result: dict, variant: str, seconds: float) -> int:
+    """fp16 weights in our format + tokenizer + card; returns the folder's size in bytes."""
+    from blip_core.checkpoints import load_model, save
+
+    from ..checkpoint import resolve_init
+
+    model, tokenizer, _ = load_model(resolve_init(str(run)))
+    tmp = assets.with_name(assets.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tmp, tokenizer, dtype=torch.float16)
+    (tmp / "README.md").write_text(card(model, result, variant, seconds))
+    (tmp / "eval.json").write_text(json.dumps(result, indent=2))
+    shutil.rmtree(assets, ignore_errors=True)
+    tmp.rename(assets)
+    size = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    if size > SIZE_LIMIT_MB * 2**20:
+        raise SystemExit(f"{assets} is {size / 2**20:.1f} MB, over the {SIZE_LIMIT_MB} MB limit")
+    return size
+
+
+def summary(result: dict) -> dict:
+    c, v, r = result["caption"], result["vqa"], result["retrieval"]
+    return {"caption_cider": round(c["cider"], 3), "caption_bleu4": round(c["bleu4"], 3),
+            "vqa_accuracy_generate": round(v["accuracy_generate"], 4), "vqa_accuracy_rank": round(v["accuracy_rank"], 4),
+            "tr_r1": round(r["txt_r1"], 1), "ir_r1": round(r["img_r1"], 1), "test_scenes": TEST_SCENES,
+            "vqa_questions": v.get("n_questions")}
+
+
+def card(model, result: dict, variant: str, seconds: float) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    s = summary(result)
+    return f"""# blip-scenes-demo
+
+A {n / 1e6:.1f}M-parameter BLIP (our `mini` preset: ViT 4 x 128 at 64 px with 8 px patches, text
+4 x 128, a {model.cfg.text.vocab_size}-token vocabulary) that captions, answers questions and matches
+texts, in one model with one vision encoder. Weights in fp16 (our format; `blip_core.load` reads
+it, `blip export` writes the Hugging Face layout).
+
+**It knows only the generated scene world of `blip_core.scenes`** (coloured circles, squares,
+triangles, stars, crosses and diamonds on grey, black or brown backgrounds), not real photos: on
+a camera frame it will still describe shapes. It exists so that the app, the tests and the
+benchmarks run offline; for real images use the Salesforce checkpoints.
+
+## How it was made (`make demo-model`, {seconds / 60:.0f} minutes on 2 CPU cores)
+
+1. The CapFilt experiment (`docs/capfilt.md`): its best pre-trained model (`{variant}` corpus:
+   clean scene captions plus web alt-texts and/or synthetic captions, see there), pre-trained
+   with ITC + ITM + LM (`training.pretrain`).
+2. Multitask fine-tuning on generated scenes (clean captions with the prompt "{PROMPT.strip()}", and
+   question/answer pairs; `training.finetune multitask`).
+
+## Results on {TEST_SCENES} held-out scenes (seed {TEST_SEED}, up to {MAX_OBJECTS} objects)
+
+| caption CIDEr (greedy) | BLEU-4 | VQA accuracy (generated) | VQA accuracy (ranked) | TR@1 | IR@1 |
+|---|---|---|---|---|---|
+| {s['caption_cider']:.3f} | {s['caption_bleu4']:.3f} | {s['vqa_accuracy_generate']:.3f} | {s['vqa_accuracy_rank']:.3f} | {s['tr_r1']:.1f} | {s['ir_r1']:.1f} |
+
+Sample captions: {'; '.join(f'"{x["prediction"]}"' for x in result["caption"].get("samples", [])[:3])}.
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m training.experiments.demo_model", description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="runs/demo_model", help="work folder (resumable)")
+    p.add_argument("--assets", default=str(ASSETS))
+    p.add_argument("--experiment", default="runs/capfilt_effect", help="the CapFilt experiment's work folder")
+    p.add_argument("--finetune-steps", type=int, default=2500)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    work, t0 = Path(args.work).resolve(), time.time()
+    variant, pre = pipeline_model(Path(args.experiment).resolve(), args.threads)
+    run = finetune(work, pre, args.finetune_steps, args.threads)
+    result = evaluate(work, run, args.threads)
+    size = export(run, Path(args.assets), result, variant, time.time() - t0)
+    s = summary(result)
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "demo_model.json").write_text(json.dumps({**s, "size_mb": round(size / 2**20, 2)}, indent=2))
+    (docs / "demo_model.md").write_text((Path(args.assets) / "README.md").read_text())
+    cfe.log(f"demo model: {json.dumps(s)}; {size / 2**20:.1f} MB in {args.assets}")
+    return s
+
+
+if __name__ == "__main__":
+    main()
