@@ -70,9 +70,11 @@ def log(msg: str) -> None:
     print(f"[capfilt-effect {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def python_m(module: str, *args: str, threads: int, wait: bool = True) -> subprocess.Popen:
-    """Run one training command in its own process (fresh logging, threads, memory)."""
-    cmd = [sys.executable, "-m", module, *args, f"threads={threads}"]
+def python_m(module: str, *args: str, threads: int, wait: bool = True, procs: int = 1) -> subprocess.Popen:
+    """Run one training command in its own process (fresh logging, threads, memory); ``procs``
+    > 1: under torchrun, data-parallel over that many processes."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
+    cmd = [sys.executable, *launcher, "-m", module, *args, f"threads={threads}"]
     log(" ".join(cmd[2:]))
     proc = subprocess.Popen(cmd, cwd=REPO)
     if wait:
@@ -308,7 +310,11 @@ def main(argv: list[str] | None = None) -> dict:
     noise = noise_rates(json.loads((cf / "candidates.json").read_text()), s)
     sizes = {v: sum(len(e["caption"]) if isinstance(e["caption"], list) else 1
                     for e in json.loads(corpora[v].read_text())) for v in VARIANTS}
-    write_docs(results, noise, sizes, s, args.scale, time.time() - t0, Path(args.docs))
+    elapsed = out / "elapsed_s.txt"  # compute time over every (resumed) invocation, for the docs
+    seconds = float(elapsed.read_text()) if elapsed.is_file() else 0.0
+    seconds += time.time() - t0
+    elapsed.write_text(f"{seconds:.0f}\n")
+    write_docs(results, noise, sizes, s, args.scale, seconds, Path(args.docs))
     log(f"done in {(time.time() - t0) / 60:.1f} min: {json.dumps(results)}")
     return {"results": results, "noise": noise}
 

@@ -37,16 +37,17 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
     return best, experiment / "pretrain" / best
 
 
-def finetune(work: Path, init: Path, steps: int, threads: int) -> Path:
+def finetune(work: Path, init: Path, steps: int, threads: int, procs: int) -> Path:
+    """Multitask fine-tuning on clean scenes; global batch 32 over ``procs`` processes."""
     run = work / "multitask"
     if not (run / "DONE").is_file():
         cfe.python_m("training.finetune", "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
                      "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
-                     "epochs=1", "batch_size=32", "lr=3e-4", "warmup_steps=100", "schedule=cosine", "min_lr=1e-5",
+                     "epochs=1", f"batch_size={32 // procs}", "lr=3e-4", "warmup_steps=100", "schedule=cosine", "min_lr=1e-5",
                      "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40", f"prompt={PROMPT}",
                      "eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1",
                      f"output_dir={run}", *([f"resume={run}"] if (run / "checkpoints").is_dir() else []),
-                     threads=threads)
+                     threads=1 if procs > 1 else threads, procs=procs)
         (run / "DONE").write_text("done\n")
     return run
 
@@ -129,10 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--experiment", default="runs/capfilt_effect", help="the CapFilt experiment's work folder")
     p.add_argument("--finetune-steps", type=int, default=2500)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--procs", type=int, default=2, help="data-parallel processes for fine-tuning (one thread each)")
     args = p.parse_args(argv)
     work, t0 = Path(args.work).resolve(), time.time()
     variant, pre = pipeline_model(Path(args.experiment).resolve(), args.threads)
-    run = finetune(work, pre, args.finetune_steps, args.threads)
+    run = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
     result = evaluate(work, run, args.threads)
     size = export(run, Path(args.assets), result, variant, time.time() - t0)
     s = summary(result)
