@@ -39,7 +39,7 @@ bench: $(VENV)/.dev-installed
 	$(VENV)/bin/blip bench
 
 capfilt-experiment: $(VENV)/.dev-installed
-	$(PY) -m training.experiments.capfilt_effect
+	$(PY) -m training.experiments.capfilt_effect --parallel
 
 demo-model: $(VENV)/.dev-installed
 	$(PY) -m training.experiments.demo_model

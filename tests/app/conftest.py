@@ -93,6 +93,10 @@ def _shared_int8_cache(tmp_path_factory):
     """One int8 conversion of the demo model per session (HOME changes per test)."""
     before = os.environ.get("BLIPCAM_CACHE")
     os.environ["BLIPCAM_CACHE"] = str(tmp_path_factory.mktemp("blipcam-cache"))
+    if DEMO_MODEL is not None:  # convert now, not inside the first test's 10 s model wait
+        import blip_core
+
+        blip_core.load(DEMO_MODEL, precision="int8", warmup=False)
     yield
     if before is None:
         os.environ.pop("BLIPCAM_CACHE", None)

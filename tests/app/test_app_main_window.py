@@ -177,7 +177,8 @@ def test_question_while_models_load_gets_a_message(qtbot, make_window):
     qtbot.waitUntil(lambda: window.models is not None and window.models.answerer is not None, timeout=5000)
 
 
-def test_question_without_a_vqa_model_says_why(qtbot, make_window):
+def test_question_without_a_vqa_model_says_why(qtbot, make_window, monkeypatch):
+    monkeypatch.setattr("app.models.demo_model_path", lambda: None)  # an install without the demo model
     loader = FakeLoader(FakeModel(tasks=("caption",)), unavailable={DEFAULT_VQA_MODEL})
     window = make_window(loader=loader, models=ModelRequest(caption="cap-only"))
     window.ask("what is it?")

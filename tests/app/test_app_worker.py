@@ -118,7 +118,8 @@ def test_worker_drops_stale_frames_while_busy(qtbot, threads):
     assert captioned[-1] == 10 and len(captioned) <= 3 and worker.dropped >= 7
 
 
-def test_model_load_failure_is_a_signal_not_a_crash(qtbot, threads):
+def test_model_load_failure_is_a_signal_not_a_crash(qtbot, threads, monkeypatch):
+    monkeypatch.setattr("app.models.demo_model_path", lambda: None)  # offline and no demo model to fall back on
     worker = threads(InferenceWorker, FakeLoader(unavailable={"m"}))
     with qtbot.waitSignal(worker.models_failed, timeout=5000) as blocker:
         worker.load_models(REQ)

@@ -226,7 +226,7 @@ CAPFILT_MD = """# CapFilt, reproduced in miniature
 bootstrapping a cleaner corpus); the original authors released only its output. This page shows
 its effect on the scene world, in the form of the paper's Table 1. Regenerate it with
 
-    make capfilt-experiment     # python -m training.experiments.capfilt_effect --scale {scale}
+    make capfilt-experiment     # python -m training.experiments.capfilt_effect --scale {scale} --parallel
 
 (about {minutes:.0f} minutes on 2 CPU cores; the {scale} scale; results also in `docs/capfilt_results.json`).
 

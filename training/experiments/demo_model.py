@@ -62,6 +62,35 @@ def evaluate(work: Path, run: Path, threads: int) -> dict:
     return json.loads((out / "eval.json").read_text())
 
 
+def question_kind(question: str) -> str:
+    """The scene world's question families: colour, shape, size, position, count, existence, background."""
+    if question.startswith("is there"):
+        return "existence"
+    if question.startswith("is "):
+        return "size"
+    if question == "what colour is the background?":
+        return "background"
+    return {"what colour": "colour", "what shape": "shape", "where is": "position",
+            "how many": "count"}[" ".join(question.split()[:2])]
+
+
+def accuracy_by_kind(run: Path) -> dict[str, float]:
+    """Generated-answer accuracy per question family on the held-out scenes (exact match)."""
+    import blip_core
+    from blip_core import scenes
+
+    from ..checkpoint import resolve_init
+
+    m = blip_core.load(resolve_init(str(run)), warmup=False)
+    hits: dict[str, list[bool]] = {}
+    for i in range(TEST_SCENES):
+        scene = scenes.render(scenes.stream_seed(TEST_SEED, i), m.image_size, MAX_OBJECTS)
+        f = m.encode_image(scene.image)
+        for q, a in scene.qa:
+            hits.setdefault(question_kind(q), []).append(m.answer(f, q).text == a)
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
+
+
 def export(run: Path, assets: Path, result: dict, variant: str, seconds: float) -> int:
     """fp16 weights in our format + tokenizer + card; returns the folder's size in bytes."""
     from blip_core.checkpoints import load_model, save
@@ -105,7 +134,7 @@ triangles, stars, crosses and diamonds on grey, black or brown backgrounds), not
 a camera frame it will still describe shapes. It exists so that the app, the tests and the
 benchmarks run offline; for real images use the Salesforce checkpoints.
 
-## How it was made (`make demo-model`, {seconds / 60:.0f} minutes on 2 CPU cores)
+## How it was made (`make demo-model`, about {seconds / 60:.0f} minutes on 2 CPU cores in all)
 
 1. The CapFilt experiment (`docs/capfilt.md`): its best pre-trained model (`{variant}` corpus:
    clean scene captions plus web alt-texts and/or synthetic captions, see there), pre-trained
@@ -118,6 +147,14 @@ benchmarks run offline; for real images use the Salesforce checkpoints.
 | caption CIDEr (greedy) | BLEU-4 | VQA accuracy (generated) | VQA accuracy (ranked) | TR@1 | IR@1 |
 |---|---|---|---|---|---|
 | {s['caption_cider']:.3f} | {s['caption_bleu4']:.3f} | {s['vqa_accuracy_generate']:.3f} | {s['vqa_accuracy_rank']:.3f} | {s['tr_r1']:.1f} | {s['ir_r1']:.1f} |
+
+VQA accuracy by question family (generated answers, exact match):
+{" · ".join(f"{k} {v:.2f}" for k, v in result.get("by_kind", {}).items())}.
+Colours, sizes and existence are learnt; shapes and positions much less: at 64 px with 8 px
+patches a small object covers about one patch, and the accuracy on them stayed flat from step
+500 to 1,500 of fine-tuning: more steps alone do not help, higher resolution (128 px with 16 px
+patches) and longer pre-training should. {"It meets" if s["vqa_accuracy_generate"] >= 0.85 else "It falls short of"} the
+0.85 VQA accuracy set as its target.
 
 Sample captions: {'; '.join(f'"{x["prediction"]}"' for x in result["caption"].get("samples", [])[:3])}.
 """
@@ -136,11 +173,20 @@ def main(argv: list[str] | None = None) -> dict:
     variant, pre = pipeline_model(Path(args.experiment).resolve(), args.threads)
     run = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
     result = evaluate(work, run, args.threads)
-    size = export(run, Path(args.assets), result, variant, time.time() - t0)
+    if "by_kind" not in result:
+        result["by_kind"] = accuracy_by_kind(run)
+        (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2))
+    elapsed = work / "elapsed_s.txt"  # fine-tuning + evaluation time over every (resumed) invocation
+    seconds = (float(elapsed.read_text()) if elapsed.is_file() else 0.0) + time.time() - t0
+    elapsed.write_text(f"{seconds:.0f}\n")
+    experiment = Path(args.experiment) / "elapsed_s.txt"
+    seconds += float(experiment.read_text()) if experiment.is_file() else 0.0
+    size = export(run, Path(args.assets), result, variant, seconds)
     s = summary(result)
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
-    (docs / "demo_model.json").write_text(json.dumps({**s, "size_mb": round(size / 2**20, 2)}, indent=2))
+    (docs / "demo_model.json").write_text(json.dumps({**s, "vqa_by_kind": result["by_kind"],
+                                                      "size_mb": round(size / 2**20, 2)}, indent=2))
     (docs / "demo_model.md").write_text((Path(args.assets) / "README.md").read_text())
     cfe.log(f"demo model: {json.dumps(s)}; {size / 2**20:.1f} MB in {args.assets}")
     return s
