@@ -33,11 +33,12 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from . import dist
+from . import dist, finetune
 from .checkpoint import find_checkpoint, list_checkpoints
 from .config import (ConfigError, Contrastive, EvalOptions, FinetuneConfig, Optimisation, Common, arg_parser,
                      from_dict, parse, run_cli, setup_process, to_dict, _positive)
 from .data import DatasetError, pre_caption, read_annotations, _texts
+from .loop import train
 
 log = logging.getLogger("training.capfilt")
 STAGES = ("captioner", "filter", "bootstrap")
@@ -111,9 +112,6 @@ def fine_tuned(cfg: CapFiltConfig, stage: str, info: dist.DistInfo) -> str:
         return (out / DONE).read_text().strip()
     if stage not in cfg.stage_list:
         raise ConfigError(f"no {stage}: add it to stages= or give {stage}=CHECKPOINT")
-    from . import finetune
-    from .loop import train
-
     ft = finetune_config(cfg, stage)
     log.info("stage %s: fine-tuning %s on the clean data -> %s", stage, cfg.init or "a new model", out)
     train(finetune.build(ft, info))
@@ -299,8 +297,8 @@ def bootstrap_shards(cfg: CapFiltConfig, boot: Bootstrapper, info: dist.DistInfo
         with wds.TarWriter(str(tmp)) as sink:
             for sample in tqdm(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=_log_and_continue)),
                                desc=Path(url).name, disable=not (info.main and cfg.progress), unit="img"):
-                data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
-                ext = next((e for e in IMAGE_EXTS if e in sample), "jpg")
+                ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                data = sample[ext] if ext else None
                 try:
                     img = load_image(data) if data is not None else None
                 except BadImageError:

@@ -78,14 +78,9 @@ def fake_loader(fake_model) -> FakeLoader:
     return FakeLoader(fake_model)
 
 
-def _demo_model() -> Path | None:
-    import blip_core
+from app.models import demo_model_path  # noqa: E402
 
-    path = Path(blip_core.demo_model_path())
-    return path if (path / "config.json").is_file() else None
-
-
-DEMO_MODEL = _demo_model()
+DEMO_MODEL = demo_model_path()  # computed once, before any test monkeypatches it
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.cli import parse_args
 from app.main import ExitAfterCaptions
-from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL
+from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, demo_model_path
 from app.sources.base import SourceSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,20 +117,9 @@ def test_exit_after_captions_in_process(qtbot, make_window, fake_loader):
     assert out.getvalue().splitlines() == ["a picture of a red scene"] * 2
 
 
-def _demo_model() -> Path | None:
-    try:
-        import blip_core
-    except ImportError:
-        return None
-    if not hasattr(blip_core, "load") or not hasattr(blip_core, "demo_model_path"):
-        return None
-    path = Path(blip_core.demo_model_path())
-    return path if path.exists() else None
-
-
-@pytest.mark.skipif(_demo_model() is None, reason="needs blip_core.load and the bundled demo model")
+@pytest.mark.skipif(demo_model_path() is None, reason="needs blip_core.load and the bundled demo model")
 def test_exit_after_captions_with_the_real_demo_model(tmp_path):
-    result = _run(["--source", "scenes", "--interval", "0.5", "--model", str(_demo_model()), "--precision", "fp32",
+    result = _run(["--source", "scenes", "--interval", "0.5", "--model", str(demo_model_path()), "--precision", "fp32",
                    "--threads", "1", "--exit-after-captions", "2"], tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -292,6 +292,15 @@ def reading(results: dict, noise: dict) -> str:
 
 
 # -------------------------------------------------------------------------------- main
+def add_elapsed(work: Path, seconds: float) -> float:
+    """Add ``seconds`` to ``work/elapsed_s.txt`` -> the compute time over every (resumed)
+    invocation, for the docs."""
+    elapsed = work / "elapsed_s.txt"
+    total = (float(elapsed.read_text()) if elapsed.is_file() else 0.0) + seconds
+    elapsed.write_text(f"{total:.0f}\n")
+    return total
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.experiments.capfilt_effect", description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
@@ -310,11 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     noise = noise_rates(json.loads((cf / "candidates.json").read_text()), s)
     sizes = {v: sum(len(e["caption"]) if isinstance(e["caption"], list) else 1
                     for e in json.loads(corpora[v].read_text())) for v in VARIANTS}
-    elapsed = out / "elapsed_s.txt"  # compute time over every (resumed) invocation, for the docs
-    seconds = float(elapsed.read_text()) if elapsed.is_file() else 0.0
-    seconds += time.time() - t0
-    elapsed.write_text(f"{seconds:.0f}\n")
-    write_docs(results, noise, sizes, s, args.scale, seconds, Path(args.docs))
+    write_docs(results, noise, sizes, s, args.scale, add_elapsed(out, time.time() - t0), Path(args.docs))
     log(f"done in {(time.time() - t0) / 60:.1f} min: {json.dumps(results)}")
     return {"results": results, "noise": noise}
 

@@ -176,11 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "by_kind" not in result:
         result["by_kind"] = accuracy_by_kind(run)
         (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2))
-    elapsed = work / "elapsed_s.txt"  # fine-tuning + evaluation time over every (resumed) invocation
-    seconds = (float(elapsed.read_text()) if elapsed.is_file() else 0.0) + time.time() - t0
-    elapsed.write_text(f"{seconds:.0f}\n")
-    experiment = Path(args.experiment) / "elapsed_s.txt"
-    seconds += float(experiment.read_text()) if experiment.is_file() else 0.0
+    seconds = cfe.add_elapsed(work, time.time() - t0) + cfe.add_elapsed(Path(args.experiment), 0.0)
     size = export(run, Path(args.assets), result, variant, seconds)
     s = summary(result)
     docs = REPO / "docs"
