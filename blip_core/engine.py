@@ -5,12 +5,15 @@ int8 MatMul beat PyTorch's eager int8 paths (``torch.ao`` dynamic quantisation, 
 the compute-bound ViT and the memory-bound decoder step, and its MLAS kernels use the Cortex-A76's
 ``sdot`` instructions on a Raspberry Pi 5 (wheels exist for x86_64 and aarch64).
 
-What is quantised: the weight matrices of every Linear (int8, per output channel) with int8
-activations quantised on the fly; attention score/value products, softmax and LayerNorm stay fp32
-(``MatMulConstBOnly``); the word embeddings are stored int8 too. The model is split in graphs
-that mirror the fp32 path: the ViT; per text stack the cross-attention keys/values of an image (or
-question); one decoding step (self-attention cache in, grown cache out, cross keys/values shared
-by all rows of an image); and the bidirectional encoder (question, ITM and ITC modes).
+What is quantised: the weight matrices of every Linear, int8. The ViT uses dynamic int8 MatMul
+(per-channel weights, activations quantised per tensor on the fly), the text stacks 8-bit
+``MatMulNBits`` (weights and activations in blocks of 32, int8 compute), which keeps a small
+model's greedy captions identical where per-tensor activations did not (see ``quantize``).
+Attention score/value products, softmax and LayerNorm stay fp32; the word embeddings are stored
+int8 too. The model is split in graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT;
+per text stack the cross-attention keys/values of an image (or question); one decoding step
+(self-attention cache in, grown cache out, cross keys/values shared by all rows of an image); and
+the bidirectional encoder (question, ITM and ITC modes).
 
 Converting needs the fp32 weights once, one part at a time (the ViT, then each text stack), so no
 full fp32 copy of the model is ever in memory; the int8 graphs are cached on disk
@@ -24,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,11 +39,13 @@ from torch import nn
 from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError
+from . import graphs
+from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2  # 2: lean step graphs, decoders' cross keys transposed
 HEADS = ("vision_proj", "text_proj", "itm_head")
 
 
@@ -57,78 +63,16 @@ def _parts(cfg: BlipConfig) -> list[str]:
 
 def fingerprint(ck: Checkpoint) -> str:
     """Identity of the converted graphs: the checkpoint files (path, size, mtime), the model
-    config and the engine / ONNX Runtime versions."""
+    config, the engine / ONNX Runtime versions and the source of the export code (so a change to
+    the graphs never meets a stale cache)."""
     import onnxruntime
 
     src = Path(ck.report.source).resolve()
     files = sorted(src.iterdir()) if src.is_dir() else [src]
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict()], sort_keys=True)
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (graphs, sys.modules[__name__]))).hexdigest()
+    blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict(), code], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-# ------------------------------------------------------------------- graphs
-class VisionGraph(nn.Module):
-    def __init__(self, model: BlipModel):
-        super().__init__()
-        self.vision = model.vision
-
-    def forward(self, pixels):
-        return self.vision(pixels)
-
-
-class CrossKVGraph(nn.Module):
-    """states [B, N, C] -> k0, v0, k1, v1, ... each [B, h, N, hd]."""
-
-    def __init__(self, stack: TextTransformer):
-        super().__init__()
-        self.stack = stack
-
-    def forward(self, states):
-        return tuple(t for kv in self.stack.cross_kv(states) for t in kv)
-
-
-class StepGraph(nn.Module):
-    """One decoding step: ids [R, 1], position [1], past k/v per layer [R, h, P, hd] and cross
-    k/v per layer [B, h, N, hd] (R = rows per image x B) -> logits [R, V], presents [R, h, P+1, hd]."""
-
-    def __init__(self, stack: TextTransformer):
-        super().__init__()
-        self.stack = stack
-
-    def forward(self, ids, position, *kv):
-        L = len(self.stack.layers)
-        past, cross = kv[: 2 * L], kv[2 * L:]
-        emb = self.stack.embed
-        x = emb.norm(emb.tokens(ids) + emb.positions(position))
-        presents = []
-        for i, layer in enumerate(self.stack.layers):
-            k, v = layer.self_attn.project_kv(x)
-            k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
-            presents += [k, v]
-            x = layer.self_attn(x, (k, v))
-            x = layer.cross_attn(x, (cross[2 * i], cross[2 * i + 1]))
-            x = layer.mlp(x)
-        return (self.stack.logits(x[:, -1]), *presents)
-
-
-class EncoderGraph(nn.Module):
-    """Bidirectional encoder: ids, mask [R, T], use_cross [1] (bool), cross k/v per layer
-    [B, h, N, hd] -> hidden [R, T, D]. ``use_cross`` False is the unimodal text mode (ITC): the
-    cross-attention result is discarded, so one graph (one copy of the weights) serves all modes."""
-
-    def __init__(self, stack: TextTransformer):
-        super().__init__()
-        self.stack = stack
-
-    def forward(self, ids, mask, use_cross, *cross):
-        x = self.stack.embed(ids)
-        m = mask.bool()[:, None, None, :]
-        for i, layer in enumerate(self.stack.layers):
-            x = layer.self_attn(x, layer.self_attn.project_kv(x), m)
-            x = torch.where(use_cross, layer.cross_attn(x, (cross[2 * i], cross[2 * i + 1])), x)
-            x = layer.mlp(x)
-        return x
 
 
 def _kv_names(prefix: str, L: int) -> list[str]:
@@ -157,33 +101,54 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     cross_width = stack.layers[0].cross_attn.key.in_features
     paths = [folder / f"{part}.cross_kv.onnx"]
     cross = _kv_names("cross", L)
+    # keys [.., hd, N], values [.., N, hd] (see blip_core.graphs)
+    kv = lambda B, n: tuple(torch.randn(B, h, *((hd, n) if i % 2 == 0 else (n, hd))) for i in range(2 * L))  # noqa: E731
+    axes = lambda name, rows, n: {0: rows, 3 if "_k" in name else 2: n}  # noqa: E731
+    cross_axes = {n: axes(n, "B", "N") for n in cross}
     _export(CrossKVGraph(stack), (torch.randn(1, 5, cross_width),), paths[0], ["states"], cross,
-            {"states": {0: "B", 1: "N"}, **{n: {0: "B", 2: "N"} for n in cross}})
-    kv = lambda B, n: tuple(torch.randn(B, h, n, hd) for _ in range(2 * L))  # noqa: E731
+            {"states": {0: "B", 1: "N"}, **cross_axes})
     if stack.lm_head is not None:
         past, present = _kv_names("past", L), _kv_names("present", L)
         paths.append(folder / f"{part}.step.onnx")
         _export(StepGraph(stack), (torch.zeros(2, 1, dtype=torch.long), torch.tensor([3]), *kv(2, 3), *kv(1, 5)),
                 paths[-1], ["ids", "position", *past, *cross], ["logits", *present],
-                {"ids": {0: "R"}, "logits": {0: "R"}, **{n: {0: "R", 2: "P"} for n in past},
-                 **{n: {0: "R", 2: "P1"} for n in present}, **{n: {0: "B", 2: "N"} for n in cross}})
+                {"ids": {0: "R"}, "logits": {0: "R"}, **{n: axes(n, "R", "P") for n in past},
+                 **{n: axes(n, "R", "P1") for n in present}, **cross_axes})
     else:
         paths.append(folder / f"{part}.encode.onnx")
         _export(EncoderGraph(stack), (torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long),
                                       torch.tensor([True]), *kv(1, 5)),
                 paths[-1], ["ids", "mask", "use_cross", *cross], ["hidden"],
-                {"ids": {0: "R", 1: "T"}, "mask": {0: "R", 1: "T"}, "hidden": {0: "R", 1: "T"},
-                 **{n: {0: "B", 2: "N"} for n in cross}})
+                {"ids": {0: "R", 1: "T"}, "mask": {0: "R", 1: "T"}, "hidden": {0: "R", 1: "T"}, **cross_axes})
     return paths
 
 
 def quantize(src: Path, dst: Path) -> None:
+    """int8 weights for one graph, chosen by measurement (docs/benchmarks.md). The decoders (their
+    steps and cross keys/values): ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on
+    activations quantised per block of 32 too; per-tensor activations cost a small trained model a
+    third of its identical greedy captions, blocks cost a step ~5% more time. Everything else (the
+    ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
+    tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
+    embeddings (``Gather``; MatMulNBits takes them in 4 bits only) are int8 per row."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gather"],
-                     extra_options={"MatMulConstBOnly": True})
+    if "decoder" not in src.name:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
+        return
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    blocks = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
+                                          op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=blocks)
+    q.process()
+    blocked = dst.with_suffix(".blocks.onnx")
+    q.model.save_model_to_file(str(blocked), use_external_data_format=False)
+    quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Gather"])
+    blocked.unlink()
 
 
 # ------------------------------------------------------------------ convert
@@ -249,8 +214,17 @@ class OrtModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Each session has its own thread pool, whose threads busy-wait after a run; the next
+        # session (vision -> cross keys -> decoding steps) then shares the cores with them.
+        # Without spinning, a VQA follow-up took 70 ms instead of 125 (docs/benchmarks.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # One arena for all sessions: the ViT's activations are freed before the decoder runs,
+        # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
+        _shared_arena(ort)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
         self.sessions = {p.name[: -len(".int8.onnx")]: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
                          for p in sorted(folder.glob("*.int8.onnx"))}
+        _release_free_memory()
         self.heads = nn.Module()
         state = torch.load(folder / "heads.pt", weights_only=True)
         if "match" in cfg.tasks:
@@ -280,8 +254,9 @@ class OrtModel:
     def _encode(self, ids, mask, cross_kv: list[np.ndarray] | None) -> torch.Tensor:
         t = self.cfg.text
         if cross_kv is None:  # text mode: cross-attention is computed on a dummy and discarded
-            dummy = np.zeros((1, t.heads, 1, t.width // t.heads), np.float32)
-            cross_kv, use = [dummy] * (2 * t.layers), np.array([False])
+            hd = t.width // t.heads
+            k, v = np.zeros((1, t.heads, hd, 1), np.float32), np.zeros((1, t.heads, 1, hd), np.float32)
+            cross_kv, use = [k, v] * t.layers, np.array([False])
         else:
             use = np.array([True])
         feed = {"ids": ids.numpy(), "mask": mask.numpy(), "use_cross": use,
@@ -299,6 +274,30 @@ class OrtModel:
 
     def image_features(self, image_embeds) -> torch.Tensor:
         return torch.nn.functional.normalize(self.heads.vision_proj(image_embeds[:, 0]), dim=-1)
+
+
+_ARENA: list = []
+
+
+def _shared_arena(ort) -> None:
+    """Register (once per process) the CPU arena that sessions with ``use_env_allocators`` share;
+    it grows by what is requested rather than by powers of two."""
+    if not _ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
+        _ARENA.append(info)
+
+
+def _release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc): loading a graph frees a transient copy
+    of its weights that would otherwise stay in the process's resident set."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 class OrtDecoderSession:
@@ -321,7 +320,8 @@ class OrtDecoderSession:
 
     def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
         B = prompt_ids.shape[0]
-        self.past = [np.zeros((B, *self.shape[:1], 0, self.shape[1]), np.float32) for _ in range(2 * self.L)]
+        h, hd = self.shape
+        self.past = [np.zeros((B, h, hd, 0) if i % 2 == 0 else (B, h, 0, hd), np.float32) for i in range(2 * self.L)]
         self.position = 0
         ids = prompt_ids.numpy()
         for t in range(ids.shape[1]):
