@@ -170,14 +170,15 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
             if progress:
                 progress(n / len(parts), f"converting to int8 (once): {part}")
             _fill(model, ck, rename, part)
-            for path in export_part(model, part, tmp):
+            paths = export_part(model, part, tmp)
+            getattr(model, part).to("meta")  # free this part's fp32 weights before quantising
+            for path in paths:
                 target = tmp / path.name.replace(".onnx", ".int8.onnx")
                 if quantized:
                     quantize(path, target)
                     path.unlink()
                 else:
                     path.rename(target)
-            getattr(model, part).to("meta")  # free this part's fp32 weights before the next
         heads = {k: ck.tensors.get(rename[k]).float() for k in wanted if k.startswith(HEADS)}
         torch.save(heads, tmp / "heads.pt")
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION}))
