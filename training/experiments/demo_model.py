@@ -37,20 +37,13 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
     return best, experiment / "pretrain" / best
 
 
-# Fine-tuning stages: (work folder, training-scene seed, scene count, warm-up steps). The second continues the
-# first on fresh scenes with a new schedule: shapes and positions were still unlearnt after the
-# first (VQA 0.60), and scenes are unlimited, so longer training sees no image twice.
-STAGES = (("multitask", 7, 200_000, 100), ("multitask-long", 8, 400_000, 200))
-
-
-def finetune(work: Path, init: Path, stage: tuple[str, int, int, int], steps: int, threads: int, procs: int) -> Path:
+def finetune(work: Path, init: Path, steps: int, threads: int, procs: int) -> Path:
     """Multitask fine-tuning on clean scenes; global batch 32 over ``procs`` processes."""
-    name, scene_seed, scene_count, warmup = stage
-    run = work / name
+    run = work / "multitask"
     if not (run / "DONE").is_file():
         cfe.python_m("training.finetune", "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
-                     f"scene_seed={scene_seed}", f"scene_count={scene_count}", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
-                     "epochs=1", f"batch_size={32 // procs}", "lr=3e-4", f"warmup_steps={warmup}", "schedule=cosine", "min_lr=1e-5",
+                     "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
+                     "epochs=1", f"batch_size={32 // procs}", "lr=3e-4", "warmup_steps=100", "schedule=cosine", "min_lr=1e-5",
                      "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40", f"prompt={PROMPT}",
                      "eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1",
                      f"output_dir={run}", *([f"resume={run}"] if (run / "checkpoints").is_dir() else []),
@@ -60,7 +53,7 @@ def finetune(work: Path, init: Path, stage: tuple[str, int, int, int], steps: in
 
 
 def evaluate(work: Path, run: Path, threads: int) -> dict:
-    out = work / f"eval-{run.name}"
+    out = work / "eval"
     if not (out / "eval.json").is_file():
         cfe.python_m("training.evaluate", f"init={run}", "data=scenes", f"val_seed={TEST_SEED}",
                      f"val_count={TEST_SCENES}", f"scene_max_objects={MAX_OBJECTS}", "tasks=caption,vqa,retrieval",
@@ -172,20 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default="runs/demo_model", help="work folder (resumable)")
     p.add_argument("--assets", default=str(ASSETS))
     p.add_argument("--experiment", default="runs/capfilt_effect", help="the CapFilt experiment's work folder")
-    p.add_argument("--finetune-steps", type=int, nargs=len(STAGES), default=[2500, 4000],
-                   help="steps of each fine-tuning stage")
+    p.add_argument("--finetune-steps", type=int, default=2500)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--procs", type=int, default=2, help="data-parallel processes for fine-tuning (one thread each)")
     args = p.parse_args(argv)
     work, t0 = Path(args.work).resolve(), time.time()
     variant, pre = pipeline_model(Path(args.experiment).resolve(), args.threads)
-    run = pre
-    for stage, steps in zip(STAGES, args.finetune_steps):
-        run = finetune(work, run, stage, steps, args.threads, args.procs)
+    run = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
     result = evaluate(work, run, args.threads)
     if "by_kind" not in result:
         result["by_kind"] = accuracy_by_kind(run)
-        (work / f"eval-{run.name}" / "eval.json").write_text(json.dumps(result, indent=2))
+        (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2))
     seconds = cfe.add_elapsed(work, time.time() - t0) + cfe.add_elapsed(Path(args.experiment), 0.0)
     size = export(run, Path(args.assets), result, variant, seconds)
     s = summary(result)
