@@ -35,8 +35,14 @@ test: $(VENV)/.dev-installed
 test-slow: $(VENV)/.dev-installed
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m slow
 
+# The Pi 5 study's transformers, beside ours (pip --target), for the bench's "vs the study" row;
+# best effort: without wheels for this Python the bench runs without that row.
+STUDY := .study-transformers
 bench: $(VENV)/.dev-installed
-	$(VENV)/bin/blip bench
+	@[ -f $(STUDY)/transformers/__init__.py ] || $(PIP) --no-deps --target $(STUDY) transformers==4.41.1 \
+		tokenizers==0.19.1 huggingface_hub==0.23.4 requests urllib3 idna certifi charset_normalizer \
+		|| echo "could not install transformers 4.41.1; benchmarking without the study's release"
+	$(VENV)/bin/blip bench $$([ -f $(STUDY)/transformers/__init__.py ] && echo --study-transformers $(STUDY))
 
 capfilt-experiment: $(VENV)/.dev-installed
 	$(PY) -m training.experiments.capfilt_effect --parallel
@@ -48,4 +54,4 @@ screenshot: $(VENV)/.dev-installed
 	QT_QPA_PLATFORM=offscreen $(PY) scripts/screenshot.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(STUDY) build *.egg-info .pytest_cache
