@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import graphs
 from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError
-from . import graphs
 from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 2  # 2: lean step graphs, decoders' cross keys transposed
+ENGINE_VERSION = 2  # 2: lean graphs, transposed cross keys, block-quantised decoders
 HEADS = ("vision_proj", "text_proj", "itm_head")
 
 
