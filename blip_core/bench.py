@@ -26,6 +26,7 @@ from .errors import BadInputError
 PROMPT = "a picture of "
 NEW_TOKENS = 20
 QUESTION = "what colour is the large shape?"
+CAPTION = dict(prompt=PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)  # our side of the workload
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -192,8 +193,7 @@ def rss_child(config: str, model: str, threads: int) -> None:
     else:
         from . import load
 
-        load(model, precision=config.split("-")[1], warmup=False).caption(
-            image, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        load(model, precision=config.split("-")[1], warmup=False).caption(image, **CAPTION)
     print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb()}))
 
 
@@ -219,12 +219,12 @@ def study_child(model: str, threads: int, repeats: int) -> None:
     hf, ours = HFCaptioner(Path(model)), load(model, precision="int8", threads=threads)
     name = f"transformers {transformers.__version__} fp32"
     times = interleaved({name: lambda: hf.caption(image),
-                         "ours int8": lambda: ours.caption(image, prompt=PROMPT, max_new_tokens=NEW_TOKENS,
-                                                           min_new_tokens=NEW_TOKENS)}, repeats)
+                         "ours int8": lambda: ours.caption(image, **CAPTION)}, repeats)
     print(json.dumps({"baseline": name, "times": times}))
 
 
-def study_rows(args, model: Path) -> dict[str, list[float]]:
+def study_rows(args, model: Path) -> dict:
+    """{"baseline": name, "times": {config: [seconds]}} from ``study_child`` run beside the study's transformers."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.study_transformers.resolve()), str(Path(__file__).parents[1])])}
     cmd = [sys.executable, "-m", "blip_core.cli", "bench", "--study-child", str(model), "--threads", str(args.threads),
            "--repeats", str(args.repeats)]
@@ -409,16 +409,15 @@ def main(args) -> int:
                          "max_ms": max(v) * 1000, "speedup": base / _median_ms(v)})
             print(f"{workload:28s} {k:20s} {_median_ms(v):9.0f} ms  {base / _median_ms(v):5.1f}x", flush=True)
 
-    kw = dict(prompt=PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     record("new-frame caption, greedy", interleaved({
         "transformers fp32": lambda: hf_cap.caption(image),
-        "ours fp32": lambda: ours["fp32"].caption(image, **kw),
-        "ours int8": lambda: ours["int8"].caption(image, **kw),
+        "ours fp32": lambda: ours["fp32"].caption(image, **CAPTION),
+        "ours int8": lambda: ours["int8"].caption(image, **CAPTION),
     }, args.repeats), "transformers fp32")
     record("new-frame caption, beam 3", interleaved({
         "transformers fp32": lambda: hf_cap.caption(image, num_beams=3),
-        "ours fp32": lambda: ours["fp32"].caption(image, num_beams=3, **kw),
-        "ours int8": lambda: ours["int8"].caption(image, num_beams=3, **kw),
+        "ours fp32": lambda: ours["fp32"].caption(image, num_beams=3, **CAPTION),
+        "ours int8": lambda: ours["int8"].caption(image, num_beams=3, **CAPTION),
     }, max(3, args.repeats // 2)), "transformers fp32")
     record("vision encoder only (preprocess + ViT)", interleaved({
         "transformers fp32": lambda: hf_cap.encode(image),

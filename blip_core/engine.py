@@ -22,6 +22,7 @@ full fp32 copy of the model is ever in memory; the int8 graphs are cached on dis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from . import graphs
 from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError
-from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
+from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph, kv_shapes
 from .models import BlipModel
 from .text import TextTransformer
 
@@ -101,8 +102,7 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     cross_width = stack.layers[0].cross_attn.key.in_features
     paths = [folder / f"{part}.cross_kv.onnx"]
     cross = _kv_names("cross", L)
-    # keys [.., hd, N], values [.., N, hd] (see blip_core.graphs)
-    kv = lambda B, n: tuple(torch.randn(B, h, *((hd, n) if i % 2 == 0 else (n, hd))) for i in range(2 * L))  # noqa: E731
+    kv = lambda B, n: tuple(torch.randn(shape) for _ in range(L) for shape in kv_shapes(B, h, hd, n))  # noqa: E731
     axes = lambda name, rows, n: {0: rows, 3 if "_k" in name else 2: n}  # noqa: E731
     cross_axes = {n: axes(n, "B", "N") for n in cross}
     _export(CrossKVGraph(stack), (torch.randn(1, 5, cross_width),), paths[0], ["states"], cross,
@@ -123,9 +123,9 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     return paths
 
 
-def quantize(src: Path, dst: Path) -> None:
-    """int8 weights for one graph, chosen by measurement (docs/benchmarks.md). The decoders (their
-    steps and cross keys/values): ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on
+def quantize(src: Path, dst: Path, blocks: bool) -> None:
+    """int8 weights for one graph, chosen by measurement (docs/benchmarks.md). ``blocks`` (the
+    decoders: their steps and cross keys/values): ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on
     activations quantised per block of 32 too; per-tensor activations cost a small trained model a
     third of its identical greedy captions, blocks cost a step ~5% more time. Everything else (the
     ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
@@ -134,7 +134,7 @@ def quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
-    if "decoder" not in src.name:
+    if not blocks:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
         return
@@ -175,7 +175,7 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
             for path in paths:
                 target = tmp / path.name.replace(".onnx", ".int8.onnx")
                 if quantized:
-                    quantize(path, target)
+                    quantize(path, target, blocks=part.endswith("decoder"))
                     path.unlink()
                 else:
                     path.rename(target)
@@ -255,9 +255,8 @@ class OrtModel:
     def _encode(self, ids, mask, cross_kv: list[np.ndarray] | None) -> torch.Tensor:
         t = self.cfg.text
         if cross_kv is None:  # text mode: cross-attention is computed on a dummy and discarded
-            hd = t.width // t.heads
-            k, v = np.zeros((1, t.heads, hd, 1), np.float32), np.zeros((1, t.heads, 1, hd), np.float32)
-            cross_kv, use = [k, v] * t.layers, np.array([False])
+            dummy = [np.zeros(shape, np.float32) for shape in kv_shapes(1, t.heads, t.width // t.heads, 1)]
+            cross_kv, use = dummy * t.layers, np.array([False])
         else:
             use = np.array([True])
         feed = {"ids": ids.numpy(), "mask": mask.numpy(), "use_cross": use,
@@ -277,16 +276,12 @@ class OrtModel:
         return torch.nn.functional.normalize(self.heads.vision_proj(image_embeds[:, 0]), dim=-1)
 
 
-_ARENA: list = []
-
-
+@functools.cache
 def _shared_arena(ort) -> None:
     """Register (once per process) the CPU arena that sessions with ``use_env_allocators`` share;
     it grows by what is requested rather than by powers of two."""
-    if not _ARENA:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
-        _ARENA.append(info)
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
 
 
 def _release_free_memory() -> None:
@@ -321,8 +316,7 @@ class OrtDecoderSession:
 
     def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
         B = prompt_ids.shape[0]
-        h, hd = self.shape
-        self.past = [np.zeros((B, h, hd, 0) if i % 2 == 0 else (B, h, 0, hd), np.float32) for i in range(2 * self.L)]
+        self.past = [np.zeros(shape, np.float32) for _ in range(self.L) for shape in kv_shapes(B, *self.shape, 0)]
         self.position = 0
         ids = prompt_ids.numpy()
         for t in range(ids.shape[1]):

@@ -63,57 +63,68 @@ def _fused_qkv(attn: TextAttention, scale: float) -> nn.Linear:
     return qkv
 
 
-class _SelfAttention(nn.Module):
-    """One new token per row: x [R, 1, D], past keys [R, h, hd, P], values [R, h, P, hd]."""
+def kv_shapes(rows: int, heads: int, head_dim: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of one layer's keys and values over ``n`` tokens in these graphs' layout."""
+    return (rows, heads, head_dim, n), (rows, heads, n, head_dim)
+
+
+class _Attention(nn.Module):
+    """What the lean attention blocks share: sizes, the trained output projection and residual norm."""
 
     def __init__(self, attn: TextAttention):
         super().__init__()
-        D = attn.query.out_features
-        self.h, self.hd = attn.heads, D // attn.heads
-        self.qkv = _fused_qkv(attn, 1 / math.sqrt(self.hd))
-        self.proj, self.norm, self.D = attn.proj, attn.norm, D
+        self.D = attn.query.out_features
+        self.h, self.hd = attn.heads, self.D // attn.heads
+        self.scale = 1 / math.sqrt(self.hd)
+        self.proj, self.norm = attn.proj, attn.norm
+
+    def out(self, x, ctx):
+        """Residual + norm of the projected context; ctx [R, T, D]."""
+        return self.norm(x + self.proj(ctx))
+
+
+class _SelfAttention(_Attention):
+    """One new token per row: x [R, 1, D], past keys [R, h, hd, P], values [R, h, P, hd]."""
+
+    def __init__(self, attn: TextAttention):
+        super().__init__(attn)
+        self.qkv = _fused_qkv(attn, self.scale)
 
     def forward(self, x, past_k, past_v):
         q, k, v = self.qkv(x).split(self.D, dim=-1)
         k = torch.cat([past_k, k.reshape(-1, self.h, self.hd, 1)], dim=3)
         v = torch.cat([past_v, v.reshape(-1, self.h, 1, self.hd)], dim=2)
         ctx = (q.reshape(-1, self.h, 1, self.hd) @ k).softmax(-1) @ v  # [R, h, 1, hd]
-        return self.norm(x + self.proj(ctx.reshape(-1, 1, self.D))), k, v
+        return self.out(x, ctx.reshape(-1, 1, self.D)), k, v
 
 
-class _CrossAttention(nn.Module):
+class _CrossAttention(_Attention):
     """x [R, T, D] with R = g * B rows over cross keys [B, h, hd, N] and values [B, h, N, hd]: the
     g rows of an image become g * T queries of one attention call (no copies of the image's keys).
     ``one_token``: T = 1, so the output shape is a constant."""
 
     def __init__(self, attn: TextAttention, one_token: bool):
-        super().__init__()
-        D = attn.query.out_features
-        self.h, self.hd, self.D, self.one_token = attn.heads, D // attn.heads, D, one_token
-        self.query = _scaled_linear(attn.query, 1 / math.sqrt(self.hd))
-        self.proj, self.norm = attn.proj, attn.norm
+        super().__init__(attn)
+        self.query, self.one_token = _scaled_linear(attn.query, self.scale), one_token
 
     def forward(self, x, k, v):
         q = self.query(x).reshape(k.shape[0], -1, self.h, self.hd).transpose(1, 2)  # [B, h, g*T, hd]
         ctx = ((q @ k).softmax(-1) @ v).transpose(1, 2)  # [B, g*T, h, hd]
-        return self.norm(x + self.proj(ctx.reshape((-1, 1, self.D) if self.one_token else x.shape)))
+        return self.out(x, ctx.reshape((-1, 1, self.D) if self.one_token else x.shape))
 
 
-class _EncoderSelfAttention(nn.Module):
+class _EncoderSelfAttention(_Attention):
     """Bidirectional: x [R, T, D], bias [R, 1, 1, T] (0 = attend, -1e9 = padding)."""
 
     def __init__(self, attn: TextAttention):
-        super().__init__()
-        D = attn.query.out_features
-        self.h, self.hd, self.D = attn.heads, D // attn.heads, D
-        self.qkv = _fused_qkv(attn, 1 / math.sqrt(self.hd))
-        self.proj, self.norm = attn.proj, attn.norm
+        super().__init__(attn)
+        self.qkv = _fused_qkv(attn, self.scale)
 
     def forward(self, x, bias):
         q, k, v = self.qkv(x).unflatten(-1, (3 * self.h, self.hd)).split(self.h, dim=2)  # [R, T, h, hd] each
         att = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1) + bias).softmax(-1)
         ctx = (att @ v.transpose(1, 2)).transpose(1, 2)  # [R, T, h, hd]
-        return self.norm(x + self.proj(ctx.reshape(x.shape)))
+        return self.out(x, ctx.reshape(x.shape))
 
 
 class StepGraph(nn.Module):
@@ -162,4 +173,4 @@ class EncoderGraph(nn.Module):
         return x
 
 
-__all__ = ["CrossKVGraph", "EncoderGraph", "StepGraph", "VisionGraph"]
+__all__ = ["CrossKVGraph", "EncoderGraph", "StepGraph", "VisionGraph", "kv_shapes"]
