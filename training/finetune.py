@@ -25,10 +25,10 @@ import torch
 
 from . import dist
 from .checkpoint import build_model, init_temperature
-from .config import TASK_NAMES, ConfigError, FinetuneConfig, arg_parser, parse, run_cli, setup_process
+from .config import TASK_NAMES, ConfigError, FinetuneConfig, arg_parser, parse, run_cli
 from .data import train_captions, train_vqa
 from .evaluate import MODEL_TASK, EvalSets, eval_sets, evaluate_model
-from .loop import Run, train
+from .loop import Run, launch
 from .objectives import Objective
 
 log = logging.getLogger("training.finetune")
@@ -74,11 +74,7 @@ def build(cfg: FinetuneConfig, info: dist.DistInfo) -> Run:
 
 
 def run(cfg: FinetuneConfig) -> Run:
-    info = dist.init()
-    setup_process(cfg, info.main)
-    r = build(cfg, info)
-    train(r)
-    return r
+    return launch(build, cfg)
 
 
 def main(argv: list[str]) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import dist
 from .checkpoint import (export_all_hf, find_checkpoint, load_state, load_weights, prune, rng_state,
                          save_checkpoint, set_rng_state, step_folder)
-from .config import to_dict
+from .config import setup_process, to_dict
 from .data import epoch_batches, steps_per_epoch
 from .objectives import Objective
 from .schedule import alpha_at, lr_at
@@ -94,6 +94,16 @@ def _save(run: Run, optimizer, step: int, skipped: int) -> None:
         prune(run.cfg.output_dir, run.cfg.keep_checkpoints)
         log.info("saved %s", folder)
     dist.barrier()
+
+
+def launch(build, cfg) -> Run:
+    """One training command: join the process group (torchrun or alone), set up logging and
+    threads, ``build(cfg, info)`` the run, train it."""
+    info = dist.init()
+    setup_process(cfg, info.main)
+    run = build(cfg, info)
+    train(run)
+    return run
 
 
 def train(run: Run) -> list[dict]:

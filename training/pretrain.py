@@ -17,9 +17,9 @@ import torch
 
 from . import dist
 from .checkpoint import build_model, init_temperature
-from .config import PretrainConfig, arg_parser, parse, run_cli, setup_process
+from .config import PretrainConfig, arg_parser, parse, run_cli
 from .data import train_captions
-from .loop import Run, train
+from .loop import Run, launch
 from .objectives import Objective, tie_text_stacks
 
 log = logging.getLogger("training.pretrain")
@@ -38,11 +38,7 @@ def build(cfg: PretrainConfig, info: dist.DistInfo) -> Run:
 
 
 def run(cfg: PretrainConfig) -> Run:
-    info = dist.init()
-    setup_process(cfg, info.main)
-    r = build(cfg, info)
-    train(r)
-    return r
+    return launch(build, cfg)
 
 
 def main(argv: list[str]) -> None:
