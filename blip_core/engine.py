@@ -147,6 +147,8 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     q.process()
     blocked = dst.with_suffix(".blocks.onnx")
     q.model.save_model_to_file(str(blocked), use_external_data_format=False)
+    del q  # the fp32 graph's protobuf: ~0.7 GB at BLIP-base size, which the next step would add to
+    _release_free_memory()
     quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Gather"])
     blocked.unlink()
 
