@@ -59,6 +59,7 @@ __all__ = [
     "NOISE_KINDS",
     "NUMBER_WORDS",
     "POSITIONS",
+    "QUESTION_KINDS",
     "SHAPES",
     "SIZES",
     "VOCABULARY",
@@ -66,6 +67,7 @@ __all__ = [
     "SceneObject",
     "plural",
     "position_phrase",
+    "question_kind",
     "render",
     "scene_stream",
     "split_words",
@@ -594,6 +596,24 @@ def _existence_questions(objects: tuple[SceneObject, ...], rng: random.Random) -
     for a, b in zip(first[0], second[0]):
         out += [(a, first[1]), (b, second[1])]
     return out
+
+
+QUESTION_KINDS: tuple[str, ...] = ("background", "colour", "count", "existence", "position", "shape", "size")
+_KIND_BY_OPENING = {"what colour": "colour", "what shape": "shape", "where is": "position", "how many": "count"}
+
+
+def question_kind(question: str) -> str:
+    """The family (one of ``QUESTION_KINDS``) of a question this world asks; ValueError otherwise."""
+    if question.startswith("is there "):
+        return "existence"
+    if question.startswith("is ") and question.endswith(" large or small?"):
+        return "size"
+    if question == _Q_BACKGROUND:
+        return "background"
+    kind = _KIND_BY_OPENING.get(" ".join(question.split()[:2]))
+    if kind is None:
+        raise ValueError(f"not a question of the scene world: {question!r}")
+    return kind
 
 
 def _choose_questions(objects: tuple[SceneObject, ...], background: str, rng: random.Random) -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import yaml
 
+from blip_core import scenes
 from blip_core.errors import BadInputError, BlipError
 
 
@@ -59,6 +60,7 @@ class Common:
     val_count: int = 100
     scene_max_objects: int = 3
     scene_captions: str = "clean"  # clean (reference captions) | web (alt-texts, web_noise false)
+    scene_question_kinds: str = ""  # VQA on scenes: comma list of scenes.QUESTION_KINDS; "" = all
     web_noise: float = 0.0  # fraction of web captions that are wrong
     max_words: int = 30  # pre_caption truncation (BLIP: 30 pretrain / COCO)
     max_tokens: int = 35  # text length in tokens (BLIP: 30 pretrain, 35 ITM/VQA, 40 captions)
@@ -81,6 +83,14 @@ class Common:
             _positive(name, getattr(self, name), allow_zero=True)
         if not 1 <= self.scene_max_objects <= 9:
             raise ConfigError(f"scene_max_objects must be in 1..9, got {self.scene_max_objects}")
+        unknown = set(self.question_kinds) - set(scenes.QUESTION_KINDS)
+        if unknown:
+            raise ConfigError(f"scene_question_kinds: unknown {', '.join(sorted(unknown))}; "
+                              f"use a comma list of {', '.join(scenes.QUESTION_KINDS)}")
+
+    @property
+    def question_kinds(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.scene_question_kinds.split(",") if k.strip())
 
 
 @dataclass(frozen=True)

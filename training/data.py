@@ -320,13 +320,24 @@ class SceneCaptions(Samples):
 
 
 class SceneVqa(SceneCaptions):
-    """Scene ``i`` with, per epoch, one of its question/answer pairs."""
+    """Scene ``i`` with, per epoch, one of its question/answer pairs; with ``kinds``, one of those
+    families only (a scene that has none gives way to the next scene that has)."""
+
+    def __init__(self, *args, kinds: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kinds = frozenset(kinds)
 
     def example(self, i, rng):
-        scene = scenes.render(scenes.stream_seed(self.scene_seed, i), self.size, self.max_objects)
-        question, answer = rng.choice(scene.qa)
+        for j in range(i, i + self.count):
+            scene = scenes.render(scenes.stream_seed(self.scene_seed, j % self.count), self.size, self.max_objects)
+            pairs = [(q, a) for q, a in scene.qa if not self.kinds or scenes.question_kind(q) in self.kinds]
+            if pairs:
+                break
+        else:
+            raise DatasetError(f"no scene has a question of the kinds {sorted(self.kinds)}")
+        question, answer = rng.choice(pairs)
         return {"image": scene.image, "question": pre_question(question, self.max_words),
-                "answers": [answer], "weights": [1.0], "image_id": i}
+                "answers": [answer], "weights": [1.0], "image_id": j % self.count}
 
 
 # ------------------------------------------------------------------- web shards
@@ -604,7 +615,7 @@ def train_vqa(cfg, size: int, photo_min_scale: float, path: str, what: str) -> D
     transform = train_transform(size, cfg.data, cfg.crop_min_scale, cfg.hflip, photo_min_scale)
     if cfg.data == "scenes":
         return SceneVqa(cfg.scene_seed, cfg.scene_count, size, cfg.scene_max_objects, transform, cfg.seed,
-                        max_words=cfg.max_words)
+                        max_words=cfg.max_words, kinds=cfg.question_kinds)
     if cfg.data == "wds":
         raise DatasetError("VQA needs annotation JSON (data=json) or scenes; web shards hold captions only")
     return JsonVqa(path, cfg.image_root, transform, cfg.seed, cfg.max_words, what=what)

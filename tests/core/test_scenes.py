@@ -21,10 +21,12 @@ from blip_core.scenes import (
     COLOURS,
     NOISE_KINDS,
     POSITIONS,
+    QUESTION_KINDS,
     SHAPES,
     VOCABULARY,
     Scene,
     SceneObject,
+    question_kind,
     render,
     scene_stream,
     split_words,
@@ -337,6 +339,14 @@ def test_question_kinds_and_answers_are_balanced():
         assert answers[word] > 0, word
     # No single answer dominates, so priors alone cannot reach a good accuracy.
     assert answers.most_common(1)[0][1] < 0.2 * len(qa)
+
+
+def test_every_question_has_a_kind():
+    kinds = Counter(question_kind(q) for s in tiny_scenes() for q, _ in s.qa)
+    assert set(kinds) == set(QUESTION_KINDS)
+    assert question_kind("is the circle large or small?") == "size"
+    with pytest.raises(ValueError, match="not a question of the scene world"):
+        question_kind("what is the meaning of this?")
 
 
 def test_questions_need_disambiguation_sometimes():

@@ -38,6 +38,7 @@ def test_yaml_then_overrides_with_types(tmp_path):
     ("lr=-1", "lr must be > 0"),
     ("nokey", "is not key=value"),
     ("temp=0.9", "temp must be in [0.001, 0.5]"),
+    ("scene_question_kinds=position,colours", "scene_question_kinds: unknown colours"),
 ])
 def test_user_errors_are_config_errors(override, message):
     with pytest.raises(ConfigError) as e:

@@ -71,6 +71,20 @@ def test_scene_datasets_are_deterministic_per_key():
     assert (qa["question"], qa["answers"][0]) in [(pre_question(q), a) for q, a in scene.qa]
 
 
+def test_scene_vqa_keeps_to_the_question_kinds_asked_for():
+    tf = ImageTransform(32)
+    ds = SceneVqa(5, 30, 32, 3, tf, kinds=("position", "shape"))
+    assert {scenes.question_kind(ds[k]["question"]) for k in range(30)} == {"position", "shape"}
+    # a scene without a question of the kind gives way to the next scene that has one
+    sizes = SceneVqa(5, 30, 32, 3, tf, kinds=("size",))
+    has_size = [any(scenes.question_kind(q) == "size" for q, _ in scenes.render(scenes.stream_seed(5, k), 32, 3).qa)
+                for k in range(30)]
+    lacking = has_size.index(False)
+    item = sizes[lacking]
+    assert scenes.question_kind(item["question"]) == "size"
+    assert item["image_id"] == has_size.index(True, lacking)
+
+
 @pytest.fixture(scope="module")
 def scene_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("json")

@@ -37,41 +37,80 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
     return best, experiment / "pretrain" / best
 
 
-def finetune(work: Path, init: Path, steps: int, threads: int, procs: int) -> Path:
+# VQA after the multitask stage: (question kinds, objects per scene at most, steps). Asked among all
+# the other questions on scenes of up to three objects, "where is ...?" and "what shape is ...?" stay
+# at chance however long the model trains; on one object first, then two, then three, they are learnt
+# (a position-only probe: 0.11 -> 0.65 on three-object scenes in 1,500 steps). The last stage mixes
+# every kind again.
+FINAL_STEPS = 1200  # the last multitask stage (400 left retrieval at TR@1 41, IR@1 35)
+VQA_CURRICULUM = (("position,shape", 1, 600), ("position,shape", 2, 600), ("position,shape", 3, 800), ("", 3, 600))
+
+
+def finetune(work: Path, init: Path, steps: int, threads: int, procs: int, name: str = "multitask",
+             lr: str = "3e-4", warmup: int = 100) -> Path:
     """Multitask fine-tuning on clean scenes; global batch 32 over ``procs`` processes."""
-    run = work / "multitask"
+    run = work / name
     if not (run / "DONE").is_file():
         cfe.python_m("training.finetune", "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
                      "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
-                     "epochs=1", f"batch_size={32 // procs}", "lr=3e-4", "warmup_steps=100", "schedule=cosine", "min_lr=1e-5",
-                     "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40", f"prompt={PROMPT}",
-                     "eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1",
-                     f"output_dir={run}", *([f"resume={run}"] if (run / "checkpoints").is_dir() else []),
-                     threads=1 if procs > 1 else threads, procs=procs)
+                     "epochs=1", f"batch_size={32 // procs}", f"lr={lr}", f"warmup_steps={warmup}", "schedule=cosine",
+                     "min_lr=1e-5", "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40",
+                     f"prompt={PROMPT}", *_run_keys(run), threads=1 if procs > 1 else threads, procs=procs)
         (run / "DONE").write_text("done\n")
     return run
 
 
+def _run_keys(run: Path) -> list[str]:
+    return ["eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1", f"output_dir={run}",
+            *([f"resume={run}"] if (run / "checkpoints").is_dir() else [])]
+
+
+def vqa_curriculum(work: Path, init: Path, threads: int, procs: int) -> Path:
+    """The ``VQA_CURRICULUM`` stages, each starting from the previous one; global batch 64."""
+    for i, (kinds, objects, steps) in enumerate(VQA_CURRICULUM, 1):
+        run = work / f"vqa-{i}"
+        if not (run / "DONE").is_file():
+            cfe.python_m("training.finetune", "vqa", f"init={init}", "data=scenes", f"scene_seed={20 + i}",
+                         "scene_count=200000", f"scene_max_objects={objects}", f"scene_question_kinds={kinds}",
+                         f"max_steps={steps}", "epochs=1", f"batch_size={64 // procs}", "lr=3e-4", "warmup_steps=50",
+                         "schedule=cosine", "min_lr=1e-4", *_run_keys(run), threads=1 if procs > 1 else threads,
+                         procs=procs)
+            (run / "DONE").write_text("done\n")
+        init = run
+    return init
+
+
+def merge(work: Path, multitask: Path, vqa: Path) -> Path:
+    """One model again: the VQA stages' vision encoder, question encoder and answer decoder, with
+    the multitask model's caption decoder and matching heads."""
+    from blip_core.checkpoints import load_model, save
+
+    from ..checkpoint import resolve_init
+
+    out = work / "merged"
+    if not (out / "config.json").is_file():
+        model, tokenizer, _ = load_model(resolve_init(str(multitask)))
+        vqa_model, _, _ = load_model(resolve_init(str(vqa)))
+        missing, unexpected = model.load_state_dict(vqa_model.state_dict(), strict=False)
+        kept = ("text_decoder.", "vision_proj.", "text_proj.", "itm_head.")
+        if unexpected or any(not k.startswith(kept) for k in missing):
+            raise SystemExit(f"cannot merge {vqa} into {multitask}: {unexpected or missing}")
+        save(model, out, tokenizer)
+    return out
+
+
 def evaluate(work: Path, run: Path, threads: int) -> dict:
-    out = work / "eval"
+    out = work / f"eval-{run.name}"
     if not (out / "eval.json").is_file():
         cfe.python_m("training.evaluate", f"init={run}", "data=scenes", f"val_seed={TEST_SEED}",
                      f"val_count={TEST_SCENES}", f"scene_max_objects={MAX_OBJECTS}", "tasks=caption,vqa,retrieval",
                      f"prompt={PROMPT}", "vqa_mode=both", "k_test=16", "progress=false", f"output_dir={out}",
                      threads=threads)
-    return json.loads((out / "eval.json").read_text())
-
-
-def question_kind(question: str) -> str:
-    """The scene world's question families: colour, shape, size, position, count, existence, background."""
-    if question.startswith("is there"):
-        return "existence"
-    if question.startswith("is "):
-        return "size"
-    if question == "what colour is the background?":
-        return "background"
-    return {"what colour": "colour", "what shape": "shape", "where is": "position",
-            "how many": "count"}[" ".join(question.split()[:2])]
+    result = json.loads((out / "eval.json").read_text())
+    if "by_kind" not in result:
+        result["by_kind"] = accuracy_by_kind(run)
+        (out / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def accuracy_by_kind(run: Path) -> dict[str, float]:
@@ -87,11 +126,11 @@ def accuracy_by_kind(run: Path) -> dict[str, float]:
         scene = scenes.render(scenes.stream_seed(TEST_SEED, i), m.image_size, MAX_OBJECTS)
         f = m.encode_image(scene.image)
         for q, a in scene.qa:
-            hits.setdefault(question_kind(q), []).append(m.answer(f, q).text == a)
+            hits.setdefault(scenes.question_kind(q), []).append(m.answer(f, q).text == a)
     return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
 
 
-def export(run: Path, assets: Path, result: dict, variant: str, seconds: float) -> int:
+def export(run: Path, assets: Path, result: dict, variant: str, seconds: float, final_steps: int) -> int:
     """fp16 weights in our format + tokenizer + card; returns the folder's size in bytes."""
     from blip_core.checkpoints import load_model, save
 
@@ -101,7 +140,7 @@ def export(run: Path, assets: Path, result: dict, variant: str, seconds: float) 
     tmp = assets.with_name(assets.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save(model, tmp, tokenizer, dtype=torch.float16)
-    (tmp / "README.md").write_text(card(model, result, variant, seconds))
+    (tmp / "README.md").write_text(card(model, result, variant, seconds, final_steps))
     (tmp / "eval.json").write_text(json.dumps(result, indent=2))
     shutil.rmtree(assets, ignore_errors=True)
     tmp.rename(assets)
@@ -119,7 +158,18 @@ def summary(result: dict) -> dict:
             "vqa_questions": v.get("n_questions")}
 
 
-def card(model, result: dict, variant: str, seconds: float) -> str:
+def kinds_note(by_kind: dict[str, float]) -> str:
+    """Which question families are learnt (>= 0.8) and which are not, and why shapes lag."""
+    good = [k for k, v in by_kind.items() if v >= 0.8]
+    weak = [k for k, v in by_kind.items() if v < 0.8]
+    text = f"Answered well: {', '.join(good) or 'none'}; less well: {', '.join(weak) or 'none'}."
+    if by_kind.get("shape", 1.0) < 0.5:
+        text += (" Shapes are near chance: at 64 px with 8 px patches a small object covers about one patch"
+                 "; higher resolution and longer pre-training should help.")
+    return text
+
+
+def card(model, result: dict, variant: str, seconds: float, final_steps: int) -> str:
     n = sum(p.numel() for p in model.parameters())
     s = summary(result)
     return f"""# blip-scenes-demo
@@ -141,6 +191,13 @@ benchmarks run offline; for real images use the Salesforce checkpoints.
    with ITC + ITM + LM (`training.pretrain`).
 2. Multitask fine-tuning on generated scenes (clean captions with the prompt "{PROMPT.strip()}", and
    question/answer pairs; `training.finetune multitask`).
+3. A VQA curriculum (`training.finetune vqa` with `scene_question_kinds=`, batch 64): position and
+   shape questions on scenes of one object, then of up to two, then three, then every kind of
+   question again ({"; ".join(f"{k or 'all kinds'}, {o} object{'s' if o > 1 else ''}: {n} steps" for k, o, n in VQA_CURRICULUM)}).
+   Asked among all the other questions on scenes of up to three objects, the position answers had
+   stayed at chance (0.12) through 2,500 multitask steps.
+4. The caption decoder and matching heads of step 2 joined to the encoders of step 3, then
+   multitask fine-tuning again ({final_steps} steps), so that every part reads the same vision encoder.
 
 ## Results on {TEST_SCENES} held-out scenes (seed {TEST_SEED}, up to {MAX_OBJECTS} objects)
 
@@ -150,10 +207,7 @@ benchmarks run offline; for real images use the Salesforce checkpoints.
 
 VQA accuracy by question family (generated answers, exact match):
 {" · ".join(f"{k} {v:.2f}" for k, v in result.get("by_kind", {}).items())}.
-Colours, sizes and existence are learnt; shapes and positions much less: at 64 px with 8 px
-patches a small object covers about one patch, and the accuracy on them stayed flat from step
-500 to 1,500 of fine-tuning: more steps alone do not help, higher resolution (128 px with 16 px
-patches) and longer pre-training should. {"It meets" if s["vqa_accuracy_generate"] >= 0.85 else "It falls short of"} the
+{kinds_note(result.get("by_kind", {}))} {"It meets" if s["vqa_accuracy_generate"] >= 0.85 else "It falls short of"} the
 0.85 VQA accuracy set as its target.
 
 Sample captions: {'; '.join(f'"{x["prediction"]}"' for x in result["caption"].get("samples", [])[:3])}.
@@ -166,18 +220,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--assets", default=str(ASSETS))
     p.add_argument("--experiment", default="runs/capfilt_effect", help="the CapFilt experiment's work folder")
     p.add_argument("--finetune-steps", type=int, default=2500)
+    p.add_argument("--final-steps", type=int, default=FINAL_STEPS, help="multitask steps after the VQA curriculum")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--procs", type=int, default=2, help="data-parallel processes for fine-tuning (one thread each)")
     args = p.parse_args(argv)
     work, t0 = Path(args.work).resolve(), time.time()
     variant, pre = pipeline_model(Path(args.experiment).resolve(), args.threads)
-    run = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
+    multitask = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
+    merged = merge(work, multitask, vqa_curriculum(work, multitask, args.threads, args.procs))
+    run = finetune(work, merged, args.final_steps, args.threads, args.procs, name="final", lr="1e-4", warmup=50)
     result = evaluate(work, run, args.threads)
-    if "by_kind" not in result:
-        result["by_kind"] = accuracy_by_kind(run)
-        (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2))
     seconds = cfe.add_elapsed(work, time.time() - t0) + cfe.add_elapsed(Path(args.experiment), 0.0)
-    size = export(run, Path(args.assets), result, variant, seconds)
+    size = export(run, Path(args.assets), result, variant, seconds, args.final_steps)
     s = summary(result)
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
