@@ -38,10 +38,10 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
 
 
 # VQA after the multitask stage: (question kinds, objects per scene at most, steps). Asked among all
-# the other questions on scenes of up to three objects, "where is ...?" and "what shape is ...?" stay
-# at chance however long the model trains; on one object first, then two, then three, they are learnt
-# (a position-only probe: 0.11 -> 0.65 on three-object scenes in 1,500 steps). The last stage mixes
-# every kind again.
+# the other questions on scenes of up to three objects, "where is ...?" stayed at chance (0.12 after
+# 2,500 multitask steps, flat through 2,500 more VQA-only steps); on one object first, then two, then
+# three, it is learnt (0.62 on the held-out scenes). Shapes stay near chance either way (at 64 px the
+# ViT barely tells them apart). The last stage mixes every kind again.
 FINAL_STEPS = 1200  # the last multitask stage (400 left retrieval at TR@1 41, IR@1 35)
 VQA_CURRICULUM = (("position,shape", 1, 600), ("position,shape", 2, 600), ("position,shape", 3, 800), ("", 3, 600))
 
