@@ -141,9 +141,9 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    blocks = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
+    scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=blocks)
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=scheme)
     q.process()
     blocked = dst.with_suffix(".blocks.onnx")
     q.model.save_model_to_file(str(blocked), use_external_data_format=False)

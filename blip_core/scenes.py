@@ -598,22 +598,20 @@ def _existence_questions(objects: tuple[SceneObject, ...], rng: random.Random) -
     return out
 
 
-QUESTION_KINDS: tuple[str, ...] = ("background", "colour", "count", "existence", "position", "shape", "size")
-_KIND_BY_OPENING = {"what colour": "colour", "what shape": "shape", "where is": "position", "how many": "count"}
+# Each question template and its family; a question's family is the template it fills. The
+# background question comes first because the colour template would match it too.
+_TEMPLATE_KINDS = {_Q_BACKGROUND: "background", _Q_COLOUR: "colour", _Q_SHAPE: "shape", _Q_SIZE: "size",
+                   _Q_WHERE: "position", _Q_COUNT: "count", _Q_EXIST: "existence"}
+_KIND_PATTERNS = [(re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t))), kind) for t, kind in _TEMPLATE_KINDS.items()]
+QUESTION_KINDS: tuple[str, ...] = tuple(sorted(_TEMPLATE_KINDS.values()))
 
 
 def question_kind(question: str) -> str:
     """The family (one of ``QUESTION_KINDS``) of a question this world asks; ValueError otherwise."""
-    if question.startswith("is there "):
-        return "existence"
-    if question.startswith("is ") and question.endswith(" large or small?"):
-        return "size"
-    if question == _Q_BACKGROUND:
-        return "background"
-    kind = _KIND_BY_OPENING.get(" ".join(question.split()[:2]))
-    if kind is None:
-        raise ValueError(f"not a question of the scene world: {question!r}")
-    return kind
+    for pattern, kind in _KIND_PATTERNS:
+        if pattern.fullmatch(question):
+            return kind
+    raise ValueError(f"not a question of the scene world: {question!r}")
 
 
 def _choose_questions(objects: tuple[SceneObject, ...], background: str, rng: random.Random) -> tuple[tuple[str, str], ...]:
