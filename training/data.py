@@ -521,6 +521,7 @@ class CaptionEval:
 class VqaEval:
     items: Dataset  # index -> {"pixels", "question", "answers", "index"}
     answers: list[list[str]]
+    kinds: list[str] | None = None  # each question's family (scenes.QUESTION_KINDS), on scenes
 
 
 class _EvalImages(Dataset):
@@ -573,13 +574,15 @@ def json_caption_eval(path: str, image_root: str, size: int, what: str = "val_js
 
 
 def scene_vqa_eval(seed: int, count: int, size: int, max_objects: int) -> VqaEval:
-    qa = []  # (scene seed, question, answer)
+    qa, kinds = [], []  # (scene seed, question, answer), question family
     for i in range(count):
         s = scenes.stream_seed(seed, i)
-        qa += [(s, pre_question(q), a) for q, a in scenes.render(s, 16, max_objects).qa]
+        pairs = scenes.render(s, 16, max_objects).qa
+        qa += [(s, pre_question(q), a) for q, a in pairs]
+        kinds += [scenes.question_kind(q) for q, _ in pairs]
     items = _EvalImages(lambda i: scenes.render(qa[i][0], size, max_objects).image, len(qa), size,
                         extra=lambda i: {"question": qa[i][1], "answers": [qa[i][2]]})
-    return VqaEval(items, [[a] for _, _, a in qa])
+    return VqaEval(items, [[a] for _, _, a in qa], kinds)
 
 
 def json_vqa_eval(path: str, image_root: str, size: int, what: str = "val_json") -> VqaEval:

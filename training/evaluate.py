@@ -133,7 +133,16 @@ def vqa_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: VqaEval, answer_
     for mode, p in preds.items():
         idx = sorted(p)
         out[f"accuracy_{mode}"] = vqa_accuracy([p[i] for i in idx], [ev.answers[i] for i in idx])
+        if ev.kinds is not None:
+            out[f"accuracy_{mode}_by_kind"] = _accuracy_by_kind(p, ev)
     return out
+
+
+def _accuracy_by_kind(preds: dict[int, str], ev: VqaEval) -> dict[str, float]:
+    groups: dict[str, list[int]] = {}
+    for i in sorted(preds):
+        groups.setdefault(ev.kinds[i], []).append(i)
+    return {k: vqa_accuracy([preds[i] for i in idx], [ev.answers[i] for i in idx]) for k, idx in sorted(groups.items())}
 
 
 # ----------------------------------------------------------------------- retrieval

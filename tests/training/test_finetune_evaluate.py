@@ -4,6 +4,7 @@ evaluation command."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from unittest import mock
 
 import pytest
@@ -90,6 +91,13 @@ def test_evaluate_command_writes_json(multitask, tmp_path, capsys):
     assert printed == saved
     assert {"bleu4", "cider", "n_images"} <= set(saved["caption"]) and saved["caption"]["n_images"] == 6
     assert {"accuracy_generate", "accuracy_rank", "n_questions"} <= set(saved["vqa"])
+    questions = [q for i in range(6) for q, _ in scenes.render(scenes.stream_seed(1, i), 16, 3).qa]
+    counts = Counter(scenes.question_kind(q) for q in questions)
+    for mode in ("generate", "rank"):  # scenes: accuracy per question family, weighting to the total
+        by_kind = saved["vqa"][f"accuracy_{mode}_by_kind"]
+        assert set(by_kind) == set(counts)
+        total = sum(by_kind[k] * n for k, n in counts.items()) / len(questions)
+        assert total == pytest.approx(saved["vqa"][f"accuracy_{mode}"])
     r = saved["retrieval"]
     assert {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "itc"} <= set(r)
     assert r["img_r10"] == 100.0 and r["n_images"] == 6  # 6 images: every text finds its image in the top 10
