@@ -188,3 +188,13 @@ def test_two_ranks_split_the_work(capfilt_run, corpus, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "parts").iterdir()) == ["chunk-000000.json", "chunk-000001.json"]
     for name in ("candidates.json", "bootstrap.json"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_elapsed_time_counts_only_runs_that_trained(tmp_path, monkeypatch):
+    """A re-run whose steps are all done leaves the documented compute time as it was."""
+    monkeypatch.setattr(capfilt_effect, "_commands_run", 0)
+    assert capfilt_effect.add_elapsed(tmp_path, 120.0) == 0.0
+    monkeypatch.setattr(capfilt_effect, "_commands_run", 1)
+    assert capfilt_effect.add_elapsed(tmp_path, 120.0) == 120.0
+    assert capfilt_effect.add_elapsed(tmp_path, 30.0) == 150.0
+    assert (tmp_path / "elapsed_s.txt").read_text() == "150\n"

@@ -70,9 +70,14 @@ def log(msg: str) -> None:
     print(f"[capfilt-effect {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+_commands_run = 0  # by this process; a re-run whose steps are all done adds no time to elapsed_s.txt
+
+
 def python_m(module: str, *args: str, threads: int, wait: bool = True, procs: int = 1) -> subprocess.Popen:
     """Run one training command in its own process (fresh logging, threads, memory); ``procs``
     > 1: under torchrun, data-parallel over that many processes."""
+    global _commands_run
+    _commands_run += 1
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
     cmd = [sys.executable, *launcher, "-m", module, *args, f"threads={threads}"]
     log(" ".join(cmd[2:]))
@@ -294,9 +299,9 @@ def reading(results: dict, noise: dict) -> str:
 # -------------------------------------------------------------------------------- main
 def add_elapsed(work: Path, seconds: float) -> float:
     """Add ``seconds`` to ``work/elapsed_s.txt`` -> the compute time over every (resumed)
-    invocation, for the docs."""
+    invocation, for the docs. Nothing is added when this process ran no training command."""
     elapsed = work / "elapsed_s.txt"
-    total = (float(elapsed.read_text()) if elapsed.is_file() else 0.0) + seconds
+    total = (float(elapsed.read_text()) if elapsed.is_file() else 0.0) + (seconds if _commands_run else 0.0)
     elapsed.write_text(f"{total:.0f}\n")
     return total
 
