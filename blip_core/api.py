@@ -266,7 +266,8 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``.
 
     precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.engine``); threads: intra-op
-    threads (default: physical cores); task: restrict to ``caption``/``vqa``/``match`` (or a list).
+    threads (default: physical cores; int8 models in one process share one pool, sized by the
+    first); task: restrict to ``caption``/``vqa``/``match`` (or a list).
     """
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")

@@ -214,13 +214,13 @@ class OrtModel:
 
         self.cfg = cfg
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Each session has its own thread pool, whose threads busy-wait after a run; the next
-        # session (vision -> cross keys -> decoding steps) then shares the cores with them.
-        # Without spinning, a VQA follow-up took 70 ms instead of 125 (docs/benchmarks.md).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
+        # busy-wait between runs without taking the cores from another session's. With a pool per
+        # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool.
+        _size_global_pool(ort, threads)
+        opts.use_per_session_threads = False
         # One arena for all sessions: the ViT's activations are freed before the decoder runs,
         # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
         _shared_arena(ort)
@@ -276,6 +276,25 @@ class OrtModel:
 
     def image_features(self, image_embeds) -> torch.Tensor:
         return torch.nn.functional.normalize(self.heads.vision_proj(image_embeds[:, 0]), dim=-1)
+
+
+_global_pool_threads = 0  # size of ONNX Runtime's process-wide thread pool once sized here; -1: sized elsewhere
+
+
+def _size_global_pool(ort, threads: int) -> None:
+    """Size ONNX Runtime's process-wide thread pool for the first int8 model loaded. ORT cannot
+    resize it, nor give a session a pool of its own once it exists, so later models share it."""
+    global _global_pool_threads
+    if not _global_pool_threads:
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+            _global_pool_threads = threads
+        except Exception:  # other code in this process sized it first
+            _global_pool_threads = -1
+    if _global_pool_threads != threads:
+        size = f"{_global_pool_threads} threads" if _global_pool_threads > 0 else "a size set elsewhere"
+        log.warning("int8 models in one process share ONNX Runtime's thread pool (%s); threads=%d does not "
+                    "apply to this one", size, threads)
 
 
 @functools.cache

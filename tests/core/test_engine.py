@@ -149,12 +149,30 @@ def test_step_graph_is_lean(dirs, tmp_path):
     assert len(ops) <= 46 * L + 15  # BLIP-base: 543 (traced from the training modules: 2,233)
 
 
-def test_sessions_share_an_arena_and_do_not_spin(dirs):
-    m = blip_core.load(dirs["caption"], precision="int8", warmup=False)
+def test_sessions_share_an_arena_and_one_thread_pool(dirs):
+    from blip_core import engine
+
+    threads = engine._global_pool_threads if engine._global_pool_threads > 0 else 2  # the pool is sized once
+    m = blip_core.load(dirs["caption"], precision="int8", threads=threads, warmup=False)
+    assert engine._global_pool_threads == threads
     for s in m.model.sessions.values():
-        cfg = s.get_session_options().get_session_config_entry
-        assert cfg("session.intra_op.allow_spinning") == "0"
-        assert cfg("session.use_env_allocators") == "1"
+        opts = s.get_session_options()
+        assert not opts.use_per_session_threads
+        assert opts.get_session_config_entry("session.use_env_allocators") == "1"
+
+
+def test_a_second_thread_count_shares_the_pool_and_says_so(dirs, caplog):
+    import onnxruntime as ort
+
+    from blip_core import engine
+
+    engine._size_global_pool(ort, engine._global_pool_threads if engine._global_pool_threads > 0 else 2)
+    first = engine._global_pool_threads  # sized once per process
+    with caplog.at_level("WARNING", logger="blip_core.engine"):
+        m = blip_core.load(dirs["caption"], precision="int8", threads=first + 1, warmup=False)
+    assert f"share ONNX Runtime's thread pool ({first} threads); threads={first + 1} does not apply" in caplog.text
+    assert all(not s.get_session_options().use_per_session_threads for s in m.model.sessions.values())
+    assert m.caption(_image(), max_new_tokens=3).token_ids
 
 
 def test_changed_export_code_is_a_new_cache_entry(dirs, monkeypatch, tmp_path):
