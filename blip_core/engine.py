@@ -213,8 +213,7 @@ class OrtModel:
         import onnxruntime as ort
 
         self.cfg = cfg
-        opts = ort.SessionOptions()
-        opts.inter_op_num_threads = 1
+        opts = ort.SessionOptions()  # thread counts belong to the global pool (ORT warns when set here)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
         # busy-wait between runs without taking the cores from another session's. With a pool per
