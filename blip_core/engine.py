@@ -213,13 +213,16 @@ class OrtModel:
         import onnxruntime as ort
 
         self.cfg = cfg
-        opts = ort.SessionOptions()  # thread counts belong to the global pool (ORT warns when set here)
+        opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
         # busy-wait between runs without taking the cores from another session's. With a pool per
         # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool.
-        _size_global_pool(ort, threads)
-        opts.use_per_session_threads = False
+        if _size_global_pool(ort, threads):
+            opts.use_per_session_threads = False  # thread counts set here would be ignored, with a warning
+        else:  # an ONNX Runtime without the global pool in Python (before ~1.23): pools that never spin
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # One arena for all sessions: the ViT's activations are freed before the decoder runs,
         # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
         _shared_arena(ort)
@@ -280,10 +283,13 @@ class OrtModel:
 _global_pool_threads = 0  # size of ONNX Runtime's process-wide thread pool once sized here; -1: sized elsewhere
 
 
-def _size_global_pool(ort, threads: int) -> None:
+def _size_global_pool(ort, threads: int) -> bool:
     """Size ONNX Runtime's process-wide thread pool for the first int8 model loaded. ORT cannot
-    resize it, nor give a session a pool of its own once it exists, so later models share it."""
+    resize it, nor give a session a pool of its own once it exists, so later models share it.
+    False when this onnxruntime cannot make one from Python."""
     global _global_pool_threads
+    if not hasattr(ort, "set_global_thread_pool_sizes"):
+        return False
     if not _global_pool_threads:
         try:
             ort.set_global_thread_pool_sizes(threads, 1)
@@ -294,6 +300,7 @@ def _size_global_pool(ort, threads: int) -> None:
         size = f"{_global_pool_threads} threads" if _global_pool_threads > 0 else "a size set elsewhere"
         log.warning("int8 models in one process share ONNX Runtime's thread pool (%s); threads=%d does not "
                     "apply to this one", size, threads)
+    return True
 
 
 @functools.cache

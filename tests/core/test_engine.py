@@ -175,6 +175,28 @@ def test_a_second_thread_count_shares_the_pool_and_says_so(dirs, caplog):
     assert m.caption(_image(), max_new_tokens=3).token_ids
 
 
+def test_without_the_global_pool_each_session_has_a_pool_that_does_not_spin(dirs, cache):
+    """onnxruntime releases before the Python global pool. In a fresh process: once the global
+    pool exists, ORT refuses sessions with pools of their own."""
+    import subprocess
+    import sys
+
+    script = f"""
+import onnxruntime as ort, blip_core
+del ort.set_global_thread_pool_sizes
+m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
+for s in m.model.sessions.values():
+    o = s.get_session_options()
+    assert o.use_per_session_threads and o.intra_op_num_threads == 1, s
+    assert o.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+import numpy as np
+print(m.caption(np.full((48, 48, 3), 128, np.uint8), max_new_tokens=3).token_ids)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("(")
+
+
 def test_changed_export_code_is_a_new_cache_entry(dirs, monkeypatch, tmp_path):
     """The fingerprint covers the export code, so an upgraded engine never reuses stale graphs."""
     ck = open_checkpoint(dirs["caption"])
