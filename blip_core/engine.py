@@ -130,7 +130,10 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     third of its identical greedy captions, blocks cost a step ~5% more time. Everything else (the
     ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
     tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
-    embeddings (``Gather``; MatMulNBits takes them in 4 bits only) are int8 per row."""
+    embeddings (``Gather``; MatMulNBits takes them in 4 bits only) are int8 with one scale per table,
+    as ONNX Runtime's quantiser does it. Finer scales, measured on the demo model: identical greedy
+    captions 91.5% -> per row 93%, per block of 32 94.5%, fp32 tables 95.5%; int8 CIDEr 1.605 -> 1.592,
+    1.584, 1.596 (fp32: 1.599)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
