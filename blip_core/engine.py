@@ -220,10 +220,12 @@ class OrtModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
         # busy-wait between runs without taking the cores from another session's. With a pool per
-        # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool.
-        if _size_global_pool(ort, threads):
+        # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool. Once it
+        # exists ORT refuses every session of the process that asks for threads of its own, so an
+        # app with other ONNX Runtime models sets BLIPCAM_ORT_SHARED_POOL=0 (before the first load).
+        if (_global_pool_threads or _shared_pool_wanted()) and _size_global_pool(ort, threads):
             opts.use_per_session_threads = False  # thread counts set here would be ignored, with a warning
-        else:  # an ONNX Runtime without the global pool in Python (before ~1.23): pools that never spin
+        else:  # opted out, or an ONNX Runtime without the global pool in Python: pools that never spin
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # One arena for all sessions: the ViT's activations are freed before the decoder runs,
@@ -284,6 +286,10 @@ class OrtModel:
 
 
 _global_pool_threads = 0  # size of ONNX Runtime's process-wide thread pool once sized here; -1: sized elsewhere
+
+
+def _shared_pool_wanted() -> bool:
+    return os.environ.get("BLIPCAM_ORT_SHARED_POOL", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _size_global_pool(ort, threads: int) -> bool:

@@ -175,16 +175,16 @@ def test_a_second_thread_count_shares_the_pool_and_says_so(dirs, caplog):
     assert m.caption(_image(), max_new_tokens=3).token_ids
 
 
-def test_without_the_global_pool_each_session_has_a_pool_that_does_not_spin(dirs, cache):
-    """onnxruntime releases before the Python global pool. In a fresh process: once the global
-    pool exists, ORT refuses sessions with pools of their own."""
+def _fresh_process(script: str, **env: str):
+    """Run ``script`` in a new interpreter: ONNX Runtime's thread pool is per process."""
     import subprocess
     import sys
 
-    script = f"""
-import onnxruntime as ort, blip_core
-del ort.set_global_thread_pool_sizes
-m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+_NO_SPIN_CHECK = """
 for s in m.model.sessions.values():
     o = s.get_session_options()
     assert o.use_per_session_threads and o.intra_op_num_threads == 1, s
@@ -192,9 +192,32 @@ for s in m.model.sessions.values():
 import numpy as np
 print(m.caption(np.full((48, 48, 3), 128, np.uint8), max_new_tokens=3).token_ids)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_without_the_global_pool_each_session_has_a_pool_that_does_not_spin(dirs, cache):
+    """onnxruntime releases before the Python global pool."""
+    done = _fresh_process(f"""
+import onnxruntime as ort, blip_core
+del ort.set_global_thread_pool_sizes
+m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
+""" + _NO_SPIN_CHECK)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().startswith("(")
+
+
+def test_other_onnx_models_of_the_process_need_the_opt_out(dirs, cache):
+    """Once the one pool exists, ORT refuses sessions with threads of their own (an app's other
+    ONNX models); BLIPCAM_ORT_SHARED_POOL=0 keeps a non-spinning pool per session instead."""
+    script = f"""
+import glob, onnxruntime as ort, blip_core
+m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
+ort.InferenceSession(glob.glob({str(cache)!r} + "/int8/*/vision.int8.onnx")[0])
+"""
+    shared = _fresh_process(script)
+    assert shared.returncode != 0 and "use_per_session_threads must be false" in shared.stderr
+    opted_out = _fresh_process(script + _NO_SPIN_CHECK, BLIPCAM_ORT_SHARED_POOL="0")
+    assert opted_out.returncode == 0, opted_out.stderr[-2000:]
+    assert opted_out.stdout.strip().startswith("(")
 
 
 def test_changed_export_code_is_a_new_cache_entry(dirs, monkeypatch, tmp_path):
