@@ -283,16 +283,21 @@ def write_report(results: dict, out: Path) -> None:
 
 
 NOTES = """Why the new-frame caption stops short of 5x here: our int8 ViT alone (the vision row) takes
-more than a fifth of transformers' whole caption. It is 111 GFLOP of int8 matrix products on two
-AVX2 cores without VNNI; the decoding after it is ~10 ms per token, close to the time to read the
-decoder's int8 weights once from memory. Transformers caches the decoder's cross-attention
+more than a fifth of transformers' whole caption. It is 111 GFLOP, ~99 of them int8 matrix
+products and ~12 the fp32 attention products. Two 2.45 GHz AVX2 cores without VNNI peak at ~157
+GFLOP/s in fp32 and about twice that in int8 (`vpmaddubsw`), so even at peak the ViT needs ~0.39 s;
+the 24 decoding steps after it (prompt and 20 tokens, ~10 ms each: close to the time to read the
+decoder's int8 weights once from memory) add ~0.2 s. A caption cannot take under ~0.6 s on this
+machine, 3.6x transformers' at best: 5x needs faster int8 instructions (VNNI, or the Pi 5's `sdot`). Transformers caches the decoder's cross-attention
 keys/values over the image since 4.54 (the installed release does); the Pi 5 study's 4.41.1
 recomputed them at every generated token (~8 GMAC per token at BLIP-base size): the row "vs the
 study's transformers", when present, measures that release (`--study-transformers`).
 
 How the int8 engine was tuned (each step measured with this command): exported graphs written for
 few ONNX ops (a decoding step went from ~1,150 to ~420 nodes); decoders quantised in blocks of 32
-(on the first demo model, identical captions rose from 69% to 94%, for ~5% per step);
+(on the first demo model, identical captions rose from 69% to 94%, for ~5% per step); word
+embeddings in int8 blocks of 32 rather than one scale per table (demo model: identical captions
+91.5% -> 95.0%, +3 MB at BLIP-base size);
 one ONNX Runtime thread pool for all sessions (with a pool per session, threads busy-waiting after
 a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
 pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions

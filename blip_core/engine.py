@@ -10,7 +10,7 @@ What is quantised: the weight matrices of every Linear, int8. The ViT uses dynam
 ``MatMulNBits`` (weights and activations in blocks of 32, int8 compute), which keeps a small
 model's greedy captions identical where per-tensor activations did not (see ``quantize``).
 Attention score/value products, softmax and LayerNorm stay fp32; the word embeddings are stored
-int8 too. The model is split in graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT;
+int8 too, in blocks of 32 with a scale each, the position tables fp32. The model is split in graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT;
 per text stack the cross-attention keys/values of an image (or question); one decoding step
 (self-attention cache in, grown cache out, cross keys/values shared by all rows of an image); and
 the bidirectional encoder (question, ITM and ITC modes).
@@ -46,7 +46,7 @@ from .models import BlipModel
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 2  # 2: lean graphs, transposed cross keys, block-quantised decoders
+ENGINE_VERSION = 3  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks
 HEADS = ("vision_proj", "text_proj", "itm_head")
 
 
@@ -130,30 +130,67 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     third of its identical greedy captions, blocks cost a step ~5% more time. Everything else (the
     ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
     tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
-    embeddings (``Gather``; MatMulNBits takes them in 4 bits only) are int8 with one scale per table,
-    as ONNX Runtime's quantiser does it. Finer scales, measured on the demo model: identical greedy
-    captions 91.5% -> per row 93%, per block of 32 94.5%, fp32 tables 95.5%; int8 CIDEr 1.605 -> 1.592,
-    1.584, 1.596 (fp32: 1.599)."""
+    embeddings: int8 rows in blocks of 32 (``block_quantize_word_tables``); ONNX Runtime's quantiser
+    gives a table one scale, which rounds rare tokens' small rows coarsely. On the demo model
+    (identical greedy captions int8 vs fp32, 200 scenes): one scale per table 91.5%, per row 93%,
+    blocks of 32 95.0%, fp32 tables 95.5% (and, with one scale per table, the ViT in fp32 94.5%,
+    the decoding step in fp32 96.5%: both parts' int8 arithmetic flips near-tied words). Blocks of
+    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
     if not blocks:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"MatMulConstBOnly": True})
+                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+        model = onnx.load(str(dst))
+        if block_quantize_word_tables(model):
+            onnx.save(model, str(dst))
         return
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=scheme)
     q.process()
-    blocked = dst.with_suffix(".blocks.onnx")
-    q.model.save_model_to_file(str(blocked), use_external_data_format=False)
-    del q  # the fp32 graph's protobuf: ~0.7 GB at BLIP-base size, which the next step would add to
-    _release_free_memory()
-    quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Gather"])
-    blocked.unlink()
+    block_quantize_word_tables(q.model.model)
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def block_quantize_word_tables(model, block: int = 32) -> int:
+    """Rewrite, in place, each word-embedding lookup ``Gather(table [V, D], ids [R, T])`` as int8
+    rows in blocks of ``block`` with one fp32 scale per block (llama.cpp's q8_0): two Gathers, a
+    Cast, a Mul and a Reshape per lookup, ~1.13 bytes per weight. The position tables (512 rows)
+    stay fp32. Returns the number of tables rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, done = [], 0
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or ".tokens." not in table.name or table.dims[1] % block:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)
+        V, D = w.shape
+        rows = w.reshape(V, D // block, block)
+        scale = np.abs(rows).max(-1, keepdims=True) / 127
+        scale[scale == 0] = 1
+        q = np.clip(np.rint(rows / scale), -127, 127).astype(np.int8)
+        n = table.name
+        model.graph.initializer.remove(table)
+        model.graph.initializer.extend([numpy_helper.from_array(q, n + ".q8"), numpy_helper.from_array(scale.astype(np.float32), n + ".scale"),
+                                        numpy_helper.from_array(np.array([0, 0, D], np.int64), n + ".shape")])
+        ids, out = node.input[1], node.output[0]
+        nodes += [helper.make_node("Gather", [n + ".q8", ids], [out + ".q8"]),
+                  helper.make_node("Cast", [out + ".q8"], [out + ".q8f"], to=1),
+                  helper.make_node("Gather", [n + ".scale", ids], [out + ".scale"]),
+                  helper.make_node("Mul", [out + ".q8f", out + ".scale"], [out + ".blocks"]),
+                  helper.make_node("Reshape", [out + ".blocks", n + ".shape"], [out])]
+        done += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return done
 
 
 # ------------------------------------------------------------------ convert

@@ -127,8 +127,43 @@ def test_quantisation_scheme_per_graph(dirs, cache):
     for name in ("vision", "text_encoder.encode", "text_encoder.cross_kv"):
         ops = _op_types(folder / f"{name}.int8.onnx")
         assert "MatMulInteger" in ops and "MatMulNBits" not in ops, name
-    step = _op_types(folder / "answer_decoder.step.int8.onnx")
-    assert "DequantizeLinear" in step  # the int8 word embeddings behind the Gather
+    import onnx
+
+    for name in ("answer_decoder.step", "text_encoder.encode"):  # word tables: int8 rows in blocks of 32
+        inits = {t.name: t for t in onnx.load(str(folder / f"{name}.int8.onnx")).graph.initializer}
+        (q8,) = [t for t in inits.values() if t.name.endswith(".tokens.weight.q8")]
+        scale = inits[q8.name[: -len(".q8")] + ".scale"]
+        assert q8.data_type == onnx.TensorProto.INT8 and list(q8.dims)[1:] == [64 // 32, 32], name
+        assert list(scale.dims) == [q8.dims[0], 2, 1] and scale.data_type == onnx.TensorProto.FLOAT, name
+        assert not any(t.endswith(".tokens.weight") for t in inits), name
+
+
+def test_block_quantised_word_table_looks_up_rows_within_half_a_step():
+    """The rewritten lookup returns each row to within half its block's int8 step, also for rows
+    far smaller than the table's largest (one scale per table rounded those to zero)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 64)).astype(np.float32) * np.logspace(-3, 1, 50, dtype=np.float32)[:, None]
+    table[7] = 0  # an all-zero row must not divide by zero
+    graph = helper.make_graph([helper.make_node("Gather", ["m.tokens.weight", "ids"], ["x"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["R", "T"])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["R", "T", 64])],
+                              [numpy_helper.from_array(table, "m.tokens.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert engine.block_quantize_word_tables(model) == 1
+    onnx.checker.check_model(model)
+    ids = np.array([[0, 7, 49], [3, 3, 20]], np.int64)
+    opts = ort.SessionOptions()
+    opts.use_per_session_threads = not engine._global_pool_threads  # this process's int8 loads may have made one
+    got = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    want = table[ids]
+    step = np.abs(want.reshape(2, 3, 2, 32)).max(-1, keepdims=True) / 127
+    assert got.shape == want.shape
+    assert (np.abs(got - want).reshape(2, 3, 2, 32) <= step / 2 + 1e-7).all()
+    assert got[0, 1].tolist() == [0.0] * 64
 
 
 def test_step_graph_is_lean(dirs, tmp_path):
