@@ -288,7 +288,8 @@ products and ~12 the fp32 attention products. Two 2.45 GHz AVX2 cores without VN
 GFLOP/s in fp32 and about twice that in int8 (`vpmaddubsw`), so even at peak the ViT needs ~0.39 s;
 the 24 decoding steps after it (prompt and 20 tokens, ~10 ms each: close to the time to read the
 decoder's int8 weights once from memory) add ~0.2 s. A caption cannot take under ~0.6 s on this
-machine, 3.6x transformers' at best: 5x needs faster int8 instructions (VNNI, or the Pi 5's `sdot`). Transformers caches the decoder's cross-attention
+machine, 3.6x transformers' at best: 5x needs faster int8 instructions (VNNI, or the Pi 5's `sdot`).
+Transformers caches the decoder's cross-attention
 keys/values over the image since 4.54 (the installed release does); the Pi 5 study's 4.41.1
 recomputed them at every generated token (~8 GMAC per token at BLIP-base size): the row "vs the
 study's transformers", when present, measures that release (`--study-transformers`).
@@ -302,7 +303,12 @@ one ONNX Runtime thread pool for all sessions (with a pool per session, threads 
 a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
 pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions
 (-30 MB peak RSS). The Pi 5's Cortex-A76 runs the same int8 kernels with its dot-product
-instructions."""
+instructions.
+
+Run to run, on this shared virtual machine, medians move by up to ~20%: the int8 VQA follow-up
+took 60, 76 and 65 ms in three runs (22.8x, 17.9x, 20.9x), although side by side in one process
+the graphs of the first run and of the later two took the same time (71.5 and 72.7 ms); beam 3's
+decoding alone varies between ~0.5 and ~0.8 s within one run. Compare rows of one run."""
 
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
