@@ -10,8 +10,8 @@ What is quantised: the weight matrices of every Linear, int8. The ViT uses dynam
 ``MatMulNBits`` (weights and activations in blocks of 32, int8 compute), which keeps a small
 model's greedy captions identical where per-tensor activations did not (see ``quantize``).
 Attention score/value products, softmax and LayerNorm stay fp32; the word embeddings are stored
-int8 too, in blocks of 32 with a scale each, the position tables fp32. The model is split in graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT;
-per text stack the cross-attention keys/values of an image (or question); one decoding step
+int8 too, in blocks of 32 with a scale each, the position tables fp32. The model is split in
+graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT; per text stack the cross-attention keys/values of an image (or question); one decoding step
 (self-attention cache in, grown cache out, cross keys/values shared by all rows of an image); and
 the bidirectional encoder (question, ITM and ITC modes).
 
