@@ -11,9 +11,10 @@ What is quantised: the weight matrices of every Linear, int8. The ViT uses dynam
 model's greedy captions identical where per-tensor activations did not (see ``quantize``).
 Attention score/value products, softmax and LayerNorm stay fp32; the word embeddings are stored
 int8 too, in blocks of 32 with a scale each, the position tables fp32. The model is split in
-graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT; per text stack the cross-attention keys/values of an image (or question); one decoding step
-(self-attention cache in, grown cache out, cross keys/values shared by all rows of an image); and
-the bidirectional encoder (question, ITM and ITC modes).
+graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT; per text stack the
+cross-attention keys/values of an image (or question); one decoding step (self-attention cache
+in, grown cache out, cross keys/values shared by all rows of an image); and the bidirectional
+encoder (question, ITM and ITC modes).
 
 Converting needs the fp32 weights once, one part at a time (the ViT, then each text stack), so no
 full fp32 copy of the model is ever in memory; the int8 graphs are cached on disk
