@@ -297,8 +297,8 @@ study's transformers", when present, measures that release (`--study-transformer
 How the int8 engine was tuned (each step measured with this command): exported graphs written for
 few ONNX ops (a decoding step went from ~1,150 to ~420 nodes); decoders quantised in blocks of 32
 (on the first demo model, identical captions rose from 69% to 94%, for ~5% per step); word
-embeddings in int8 blocks of 32 rather than one scale per table (demo model: identical captions
-91.5% -> 95.0%, +3 MB at BLIP-base size);
+embeddings in int8 blocks of 32 rather than one scale per table (the previous demo model:
+identical captions 91.5% -> 95.0%, +3 MB at BLIP-base size);
 one ONNX Runtime thread pool for all sessions (with a pool per session, threads busy-waiting after
 a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
 pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions

@@ -132,11 +132,12 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
     tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
     embeddings: int8 rows in blocks of 32 (``block_quantize_word_tables``); ONNX Runtime's quantiser
-    gives a table one scale, which rounds rare tokens' small rows coarsely. On the demo model
-    (identical greedy captions int8 vs fp32, 200 scenes): one scale per table 91.5%, per row 93%,
+    gives a table one scale, which rounds rare tokens' small rows coarsely. On the previous demo
+    model (identical greedy captions int8 vs fp32, 200 scenes): one scale per table 91.5%, per row 93%,
     blocks of 32 95.0%, fp32 tables 95.5% (and, with one scale per table, the ViT in fp32 94.5%,
     the decoding step in fp32 96.5%: both parts' int8 arithmetic flips near-tied words). Blocks of
-    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB. The ViT's activations
+    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB. The current demo model:
+    94.0% (600 scenes: 91.3%; with the ViT in fp32 93.7%). The ViT's activations
     quantised per token instead (symmetric, uint8 around 128): no better on the demo model (ViT
     output error 2.3% against 1.8% per tensor), and ONNX Runtime's MatMul fusions assume one
     activation scale, so they would need fusion turned off."""

@@ -76,7 +76,21 @@ def test_answers_where_a_lone_object_is(demo):
 def test_tells_the_shape_of_a_lone_object(demo):
     """Shapes, taught by the first stage of the VQA curriculum (chance is 1 in 6)."""
     right, asked = _lone_object_answers(demo, "shape", 454545, 40)
-    assert asked >= 30 and right / asked >= 0.6  # 33 of 44 when measured
+    assert asked >= 30 and right / asked >= 0.8  # 41 of 44 when measured
+
+
+def test_tells_shapes_and_counts_on_crowded_scenes(demo):
+    """Shapes and counts among up to three objects, taught by the curriculum's later stages (the
+    model before them: shapes 0.54, counts 0.65 on the held-out scenes)."""
+    right = asked = 0
+    for i in range(40):
+        scene = scenes.render(scenes.stream_seed(464646, i), demo.image_size, 3)
+        f = demo.encode_image(scene.image)
+        for q, a in scene.qa:
+            if scenes.question_kind(q) in ("shape", "count"):
+                right += demo.answer(f, q).text == a
+                asked += 1
+    assert asked >= 60 and right / asked >= 0.6  # 61 of 87 when measured
 
 
 def test_match_prefers_the_true_caption(demo):
