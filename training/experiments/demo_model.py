@@ -46,7 +46,7 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
 # it needs a stage of its own (with shapes beside it, 3-object scenes: 0.30; then alone: 0.77).
 # Mixing every kind again left shapes among three objects at 0.54 and counts at 0.65, so shapes,
 # counts and existence then get a stage each on crowded scenes before a last mixed one (held-out
-# VQA 0.731 -> 0.788: shapes 0.73, counts 0.76). Not the resolution: 800 more mixed VQA steps gave
+# VQA 0.731 -> 0.788: shapes 0.72, counts 0.76). Not the resolution: 800 more mixed VQA steps gave
 # 0.745 at 128 px (ViT positions resampled) and 0.748 at 64 px; 1,600 steps of shapes among three
 # objects first, then the same 800, gave 0.768 (shapes 0.68). Measured in docs/demo_model.md.
 FINAL_STEPS = 1200  # the last multitask stage (400 left retrieval at TR@1 41, IR@1 35)
