@@ -146,19 +146,16 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     logging.getLogger("root").setLevel(logging.ERROR)  # silence ORT's pre-processing advice
+    model = onnx.load(str(src))
+    block_quantize_word_tables(model)  # before the MatMuls: the quantisers below leave its ops alone
     if not blocks:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
-        model = onnx.load(str(dst))
-        if block_quantize_word_tables(model):
-            onnx.save(model, str(dst))
         return
-
     scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=scheme)
+    q = MatMulNBitsQuantizer(model, algo_config=scheme)
     q.process()
-    block_quantize_word_tables(q.model.model)
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
