@@ -54,14 +54,14 @@ def test_captions_and_answers_see_colours_and_backgrounds(demo):
     assert right_answers / questions >= 0.7  # 0.91 when measured
 
 
-def _lone_object_answers(demo, kind: str, seed: int, scenes_count: int) -> tuple[int, int]:
-    """(right, asked) over the ``kind`` questions of scenes with one object."""
+def _answers(demo, kinds: tuple[str, ...], seed: int, scenes_count: int, objects: int = 1) -> tuple[int, int]:
+    """(right, asked) over the questions of these ``kinds`` on scenes of up to ``objects`` objects."""
     right = asked = 0
     for i in range(scenes_count):
-        scene = scenes.render(scenes.stream_seed(seed, i), demo.image_size, 1)
+        scene = scenes.render(scenes.stream_seed(seed, i), demo.image_size, objects)
         f = demo.encode_image(scene.image)
         for q, a in scene.qa:
-            if scenes.question_kind(q) == kind:
+            if scenes.question_kind(q) in kinds:
                 right += demo.answer(f, q).text == a
                 asked += 1
     return right, asked
@@ -69,27 +69,20 @@ def _lone_object_answers(demo, kind: str, seed: int, scenes_count: int) -> tuple
 
 def test_answers_where_a_lone_object_is(demo):
     """Positions, taught by the VQA curriculum (chance is 1 in 9)."""
-    right, asked = _lone_object_answers(demo, "position", 434343, 30)
+    right, asked = _answers(demo, ("position",), 434343, 30)
     assert asked >= 20 and right / asked >= 0.8  # 37 of 37 when measured
 
 
 def test_tells_the_shape_of_a_lone_object(demo):
     """Shapes, taught by the first stage of the VQA curriculum (chance is 1 in 6)."""
-    right, asked = _lone_object_answers(demo, "shape", 454545, 40)
+    right, asked = _answers(demo, ("shape",), 454545, 40)
     assert asked >= 30 and right / asked >= 0.8  # 41 of 44 when measured
 
 
 def test_tells_shapes_and_counts_on_crowded_scenes(demo):
     """Shapes and counts among up to three objects, taught by the curriculum's later stages (the
     model before them: shapes 0.54, counts 0.65 on the held-out scenes)."""
-    right = asked = 0
-    for i in range(40):
-        scene = scenes.render(scenes.stream_seed(464646, i), demo.image_size, 3)
-        f = demo.encode_image(scene.image)
-        for q, a in scene.qa:
-            if scenes.question_kind(q) in ("shape", "count"):
-                right += demo.answer(f, q).text == a
-                asked += 1
+    right, asked = _answers(demo, ("shape", "count"), 464646, 40, objects=3)
     assert asked >= 60 and right / asked >= 0.6  # 61 of 87 when measured
 
 
