@@ -59,6 +59,7 @@ class Common:
     val_seed: int = 1
     val_count: int = 100
     scene_max_objects: int = 3
+    scene_min_objects: int = 1  # VQA on scenes: train only on scenes with at least this many objects
     scene_captions: str = "clean"  # clean (reference captions) | web (alt-texts, web_noise false)
     scene_question_kinds: str = ""  # VQA on scenes: comma list of scenes.QUESTION_KINDS; "" = all
     web_noise: float = 0.0  # fraction of web captions that are wrong
@@ -83,6 +84,9 @@ class Common:
             _positive(name, getattr(self, name), allow_zero=True)
         if not 1 <= self.scene_max_objects <= 9:
             raise ConfigError(f"scene_max_objects must be in 1..9, got {self.scene_max_objects}")
+        if not 1 <= self.scene_min_objects <= self.scene_max_objects:
+            raise ConfigError(f"scene_min_objects must be in 1..scene_max_objects ({self.scene_max_objects}), "
+                              f"got {self.scene_min_objects}")
         unknown = set(self.question_kinds) - set(scenes.QUESTION_KINDS)
         if unknown:
             raise ConfigError(f"scene_question_kinds: unknown {', '.join(sorted(unknown))}; "

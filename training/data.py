@@ -321,20 +321,22 @@ class SceneCaptions(Samples):
 
 class SceneVqa(SceneCaptions):
     """Scene ``i`` with, per epoch, one of its question/answer pairs; with ``kinds``, one of those
-    families only (a scene that has none gives way to the next scene that has)."""
+    families only, and with ``min_objects``, scenes that crowded only (a scene that does not
+    qualify gives way to the next scene that does)."""
 
-    def __init__(self, *args, kinds: tuple[str, ...] = (), **kwargs):
+    def __init__(self, *args, kinds: tuple[str, ...] = (), min_objects: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kinds = frozenset(kinds)
+        self.kinds, self.min_objects = frozenset(kinds), min_objects
 
     def example(self, i, rng):
         for j in range(i, i + self.count):
             scene = scenes.render(scenes.stream_seed(self.scene_seed, j % self.count), self.size, self.max_objects)
             pairs = [(q, a) for q, a in scene.qa if not self.kinds or scenes.question_kind(q) in self.kinds]
-            if pairs:
+            if pairs and len(scene.objects) >= self.min_objects:
                 break
         else:
-            raise DatasetError(f"no scene has a question of the kinds {sorted(self.kinds)}")
+            raise DatasetError(f"no scene has {self.min_objects}+ objects and a question of the kinds "
+                               f"{sorted(self.kinds)}")
         question, answer = rng.choice(pairs)
         return {"image": scene.image, "question": pre_question(question, self.max_words),
                 "answers": [answer], "weights": [1.0], "image_id": j % self.count}
@@ -618,7 +620,7 @@ def train_vqa(cfg, size: int, photo_min_scale: float, path: str, what: str) -> D
     transform = train_transform(size, cfg.data, cfg.crop_min_scale, cfg.hflip, photo_min_scale)
     if cfg.data == "scenes":
         return SceneVqa(cfg.scene_seed, cfg.scene_count, size, cfg.scene_max_objects, transform, cfg.seed,
-                        max_words=cfg.max_words, kinds=cfg.question_kinds)
+                        max_words=cfg.max_words, kinds=cfg.question_kinds, min_objects=cfg.scene_min_objects)
     if cfg.data == "wds":
         raise DatasetError("VQA needs annotation JSON (data=json) or scenes; web shards hold captions only")
     return JsonVqa(path, cfg.image_root, transform, cfg.seed, cfg.max_words, what=what)

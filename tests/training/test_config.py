@@ -39,6 +39,7 @@ def test_yaml_then_overrides_with_types(tmp_path):
     ("nokey", "is not key=value"),
     ("temp=0.9", "temp must be in [0.001, 0.5]"),
     ("scene_question_kinds=position,colours", "scene_question_kinds: unknown colours"),
+    ("scene_min_objects=4", "scene_min_objects must be in 1..scene_max_objects (3), got 4"),
 ])
 def test_user_errors_are_config_errors(override, message):
     with pytest.raises(ConfigError) as e:

@@ -85,6 +85,17 @@ def test_scene_vqa_keeps_to_the_question_kinds_asked_for():
     assert item["image_id"] == has_size.index(True, lacking)
 
 
+def test_scene_vqa_can_keep_to_crowded_scenes():
+    tf = ImageTransform(32)
+    counts = [len(scenes.render(scenes.stream_seed(6, k), 32, 3).objects) for k in range(30)]
+    crowded = SceneVqa(6, 30, 32, 3, tf, min_objects=3)
+    ids = [crowded[k]["image_id"] for k in range(30)]
+    assert all(counts[i] == 3 for i in ids)
+    lone = counts.index(1)  # gives way to the next scene of three objects
+    assert ids[lone] == next(j for j in range(lone, 30) if counts[j] == 3)
+    assert [SceneVqa(6, 30, 32, 3, tf)[k]["image_id"] for k in range(30)] == list(range(30))
+
+
 @pytest.fixture(scope="module")
 def scene_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("json")
