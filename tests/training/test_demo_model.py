@@ -51,14 +51,18 @@ def test_captions_and_answers_see_colours_and_backgrounds(demo):
                 right_answers += demo.answer(f, q).text == a
                 questions += 1
     assert right_colours >= 9  # 12 of 12 when measured
-    assert right_answers / questions >= 0.7  # 0.91 when measured
+    assert right_answers / questions >= 0.7  # 23 of 23 when measured
 
 
-def _answers(demo, kinds: tuple[str, ...], seed: int, scenes_count: int, objects: int = 1) -> tuple[int, int]:
-    """(right, asked) over the questions of these ``kinds`` on scenes of up to ``objects`` objects."""
+def _answers(demo, kinds: tuple[str, ...], seed: int, scenes_count: int, objects: int = 1,
+             min_objects: int = 1) -> tuple[int, int]:
+    """(right, asked) over the questions of these ``kinds`` about the first ``scenes_count`` scenes
+    of up to ``objects`` objects, leaving out those of fewer than ``min_objects``."""
     right = asked = 0
     for i in range(scenes_count):
         scene = scenes.render(scenes.stream_seed(seed, i), demo.image_size, objects)
+        if len(scene.objects) < min_objects:
+            continue
         f = demo.encode_image(scene.image)
         for q, a in scene.qa:
             if scenes.question_kind(q) in kinds:
@@ -76,14 +80,22 @@ def test_answers_where_a_lone_object_is(demo):
 def test_tells_the_shape_of_a_lone_object(demo):
     """Shapes, taught by the first stage of the VQA curriculum (chance is 1 in 6)."""
     right, asked = _answers(demo, ("shape",), 454545, 40)
-    assert asked >= 30 and right / asked >= 0.8  # 41 of 44 when measured
+    assert asked >= 30 and right / asked >= 0.75  # 36 of 44 when measured (the previous model: 41)
 
 
 def test_tells_shapes_and_counts_on_crowded_scenes(demo):
     """Shapes and counts among up to three objects, taught by the curriculum's later stages (the
     model before them: shapes 0.54, counts 0.65 on the held-out scenes)."""
     right, asked = _answers(demo, ("shape", "count"), 464646, 40, objects=3)
-    assert asked >= 60 and right / asked >= 0.6  # 61 of 87 when measured
+    assert asked >= 60 and right / asked >= 0.6  # 62 of 87 when measured
+
+
+def test_answers_where_an_object_is_among_others(demo):
+    """Positions among two or three objects: the model must find the object asked about ("where
+    is the red object?"), not just see where objects are. Taught by the curriculum's last stages,
+    on such scenes only; the model before them: 49 of 80 here."""
+    right, asked = _answers(demo, ("position",), 474747, 120, objects=3, min_objects=2)
+    assert asked >= 60 and right / asked >= 0.75  # 67 of 80 when measured
 
 
 def test_match_prefers_the_true_caption(demo):
