@@ -198,6 +198,10 @@ class PretrainConfig(Contrastive, Optimisation, Common):
 TASK_NAMES = ("caption", "vqa", "retrieval")
 
 
+# Model parts fine-tuning can leave as they are (``freeze=``): the modules of ``BlipModel``.
+FREEZABLE = ("vision", "text_encoder", "text_decoder", "answer_decoder", "vision_proj", "text_proj", "itm_head")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(EvalOptions, Contrastive, Optimisation, Common):
     tasks: str = ""  # set by the sub-command; multitask: any of caption,vqa,retrieval (comma list)
@@ -206,6 +210,7 @@ class FinetuneConfig(EvalOptions, Contrastive, Optimisation, Common):
     alpha_ramp_epochs: float = 1.0  # BLIP's retrieval fine-tune ramps over the first epoch
     max_tokens: int = 40
     eval_each_epoch: bool = True  # evaluate on val data (if any) after every epoch
+    freeze: str = ""  # comma list of model parts left as they are (FREEZABLE), e.g. vision
 
     def __post_init__(self):
         Common.__post_init__(self)
@@ -214,6 +219,13 @@ class FinetuneConfig(EvalOptions, Contrastive, Optimisation, Common):
         self._check_eval()
         if self.tasks:
             task_list(self.tasks)
+        unknown = set(self.frozen_parts) - set(FREEZABLE)
+        if unknown:
+            raise ConfigError(f"freeze: unknown part {', '.join(sorted(unknown))}; use a comma list of {', '.join(FREEZABLE)}")
+
+    @property
+    def frozen_parts(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.freeze.split(",") if p.strip())
 
     @property
     def task_set(self) -> tuple[str, ...]:

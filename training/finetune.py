@@ -13,6 +13,8 @@
 - multitask: one model with every part and ONE vision encoder (the app captions and answers
   from a single vision pass); every step trains every task. With data=json the captions come
   from ``train_json`` and the questions from ``vqa_train_json``.
+- ``freeze=vision`` (any parts of the model, comma list) trains the rest only: a caption decoder
+  can learn to read a vision encoder that other tasks share without changing it for them.
 
 At the end of every epoch the model is evaluated on the validation data, if any (rank 0).
 """
@@ -54,6 +56,7 @@ def build(cfg: FinetuneConfig, info: dist.DistInfo) -> Run:
         log.warning("no init= checkpoint: fine-tuning from random weights")
     torch.manual_seed(cfg.seed)
     model, tokenizer = build_model(cfg, tuple(MODEL_TASK[t] for t in tasks))
+    freeze(model, cfg.frozen_parts)
     temp = (init_temperature(cfg.init) if cfg.init else None) or cfg.temp
     objective = Objective(model, tokenizer, tuple(PART[t] for t in tasks), max_tokens=cfg.max_tokens,
                           prompt=cfg.prompt if "caption" in tasks else "", temp=temp, queue_size=cfg.queue_size,
@@ -71,6 +74,18 @@ def build(cfg: FinetuneConfig, info: dist.DistInfo) -> Run:
         return result
 
     return Run("finetune", cfg, info, objective, datasets, on_epoch_end)
+
+
+def freeze(model: torch.nn.Module, parts: tuple[str, ...]) -> None:
+    """Leave ``parts`` as they are: no gradients, so the optimiser and DDP skip them. A part the
+    model lacks (``freeze=answer_decoder`` when captioning) is an error, not silently ignored."""
+    for part in parts:
+        module = getattr(model, part, None)
+        if module is None:
+            raise ConfigError(f"freeze={part}: this model has no {part} (its parts: "
+                              f"{', '.join(n for n, _ in model.named_children())})")
+        module.requires_grad_(False)
+        log.info("freeze: %s (%d parameters) stays as loaded", part, sum(p.numel() for p in module.parameters()))
 
 
 def run(cfg: FinetuneConfig) -> Run:

@@ -53,6 +53,9 @@ def test_command_specific_keys():
     with pytest.raises(ConfigError, match="tasks="):
         parse(FinetuneConfig, None, ["tasks=caption,segmentation"])
     assert parse(FinetuneConfig, None, ["tasks=vqa,caption"]).task_set == ("caption", "vqa")
+    with pytest.raises(ConfigError, match="freeze: unknown part encoder; use a comma list of vision, "):
+        parse(FinetuneConfig, None, ["freeze=vision,encoder"])
+    assert parse(FinetuneConfig, None, ["freeze=vision, text_encoder"]).frozen_parts == ("vision", "text_encoder")
     for cls in (PretrainConfig, FinetuneConfig, EvalConfig):  # the keys every command takes
         cfg = parse(cls, None, ["train_json=t.json", "val_json=v.json", "image_root=/img", "init=ck",
                                 "output_dir=out"])

@@ -66,6 +66,19 @@ def test_multitask_is_one_model_with_one_vision_encoder(multitask):
     assert isinstance(cap.text, str) and isinstance(ans.text, str)
 
 
+def test_frozen_parts_stay_as_loaded(multitask, tmp_path):
+    """freeze=vision: a caption decoder learns over a vision encoder other tasks share."""
+    init = multitask / "checkpoints" / "step-0000002"
+    finetune.run(tiny(C.FinetuneConfig, tmp_path, init=str(init), tasks="caption", freeze="vision", max_steps=2))
+    before, after = (load_file(p / "model.safetensors") for p in (init, tmp_path / "checkpoints" / "step-0000002"))
+    vision = [k for k in after if k.startswith("vision.")]
+    decoder = [k for k in after if k.startswith("text_decoder.")]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    with pytest.raises(C.ConfigError, match="this model has no answer_decoder"):
+        finetune.run(tiny(C.FinetuneConfig, tmp_path / "x", init=str(init), tasks="caption", freeze="answer_decoder"))
+
+
 def test_vqa_answer_decoder_starts_as_the_pretrained_text_decoder(pretrained):
     model, tok = init_model(str(pretrained), ("vqa",))
     saved = load_file(str(pretrained / "model.safetensors"))

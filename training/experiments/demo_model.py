@@ -54,6 +54,11 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
 # a last one there (VQA 0.843: positions 0.89, colours and sizes 0.89). Not the resolution: 800
 # more mixed steps gave 0.745 at 128 px (ViT positions resampled) and 0.748 at 64 px.
 FINAL_STEPS = 1200  # the last multitask stage (400 left retrieval at TR@1 41, IR@1 35)
+# After it, the caption decoder named a lone object's shape in 36% of captions while the answer
+# decoder named it in 86% of answers: trained while the vision encoder barely told shapes apart,
+# it had not learnt to read them. So it gets steps of its own over the (frozen) vision encoder:
+# 78% after them, caption CIDEr 2.13 -> 3.34.
+CAPTION_STEPS = 800
 
 
 class Stage(NamedTuple):
@@ -105,23 +110,39 @@ def vqa_curriculum(work: Path, init: Path, threads: int, procs: int) -> Path:
     return init
 
 
-def merge(work: Path, multitask: Path, vqa: Path) -> Path:
-    """One model again: the VQA stages' vision encoder, question encoder and answer decoder, with
-    the multitask model's caption decoder and matching heads."""
+def merge(work: Path, base: Path, donor: Path, name: str = "merged",
+          kept: tuple[str, ...] = ("text_decoder.", "vision_proj.", "text_proj.", "itm_head.")) -> Path:
+    """One model again: ``base`` with every part ``donor`` has taken from ``donor``; the parts
+    ``donor`` lacks must be among ``kept`` (by default: the VQA stages' vision encoder, question
+    encoder and answer decoder, with the multitask model's caption decoder and matching heads)."""
     from blip_core.checkpoints import load_model, save
 
     from ..checkpoint import resolve_init
 
-    out = work / "merged"
+    out = work / name
     if not (out / "config.json").is_file():
-        model, tokenizer, _ = load_model(resolve_init(str(multitask)))
-        vqa_model, _, _ = load_model(resolve_init(str(vqa)))
-        missing, unexpected = model.load_state_dict(vqa_model.state_dict(), strict=False)
-        kept = ("text_decoder.", "vision_proj.", "text_proj.", "itm_head.")
+        model, tokenizer, _ = load_model(resolve_init(str(base)))
+        donor_model, _, _ = load_model(resolve_init(str(donor)))
+        missing, unexpected = model.load_state_dict(donor_model.state_dict(), strict=False)
         if unexpected or any(not k.startswith(kept) for k in missing):
-            raise SystemExit(f"cannot merge {vqa} into {multitask}: {unexpected or missing}")
+            raise SystemExit(f"cannot merge {donor} into {base}: {unexpected or missing}")
         save(model, out, tokenizer)
     return out
+
+
+def caption_stage(work: Path, init: Path, threads: int, procs: int) -> Path:
+    """The caption decoder alone over the finished model's frozen vision encoder, joined back to
+    the model (its other parts are left as they were); global batch 64."""
+    run = work / "captions"
+    if not (run / "DONE").is_file():
+        cfe.python_m("training.finetune", "caption", f"init={init}", "freeze=vision", "data=scenes", "scene_seed=70",
+                     "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={CAPTION_STEPS}",
+                     "epochs=1", f"batch_size={64 // procs}", "lr=3e-4", "warmup_steps=50", "schedule=cosine",
+                     "min_lr=1e-5", "max_tokens=40", f"prompt={PROMPT}", *_run_keys(run),
+                     threads=1 if procs > 1 else threads, procs=procs)
+        (run / "DONE").write_text("done\n")
+    return merge(work, init, run, name="final-captions",
+                 kept=("text_encoder.", "answer_decoder.", "vision_proj.", "text_proj.", "itm_head."))
 
 
 def evaluate(work: Path, run: Path, threads: int) -> dict:
@@ -212,6 +233,10 @@ benchmarks run offline; for real images use the Salesforce checkpoints.
    of two or three objects only (`scene_min_objects=2`): positions, then all kinds.
 4. The caption decoder and matching heads of step 2 joined to the encoders of step 3, then
    multitask fine-tuning again ({final_steps} steps), so that every part reads the same vision encoder.
+5. The caption decoder alone ({CAPTION_STEPS} steps, `freeze=vision`) over that vision encoder, joined
+   back to the model. Trained in step 2, while the vision encoder barely told shapes apart, it
+   named a lone held-out object's shape in 36% of captions after step 4 (the answer decoder: 86%);
+   after this step, 78% (caption CIDEr 2.13 -> 3.34). The other parts are those of step 4.
 
 ## Results on {TEST_SCENES} held-out scenes (seed {TEST_SEED}, up to {MAX_OBJECTS} objects)
 
@@ -243,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     multitask = finetune(work, pre, args.finetune_steps, args.threads, args.procs)
     merged = merge(work, multitask, vqa_curriculum(work, multitask, args.threads, args.procs))
     run = finetune(work, merged, args.final_steps, args.threads, args.procs, name="final", lr="1e-4", warmup=50)
+    run = caption_stage(work, run, args.threads, args.procs)
     result = evaluate(work, run, args.threads)
     seconds = cfe.add_elapsed(work, time.time() - t0) + cfe.add_elapsed(Path(args.experiment), 0.0)
     size = export(run, Path(args.assets), result, variant, seconds, args.final_steps)
