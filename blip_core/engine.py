@@ -47,7 +47,8 @@ from .models import BlipModel
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 3  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks
+ENGINE_VERSION = 4  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks;
+# 4: the ViT's attention output projections in fp32
 HEADS = ("vision_proj", "text_proj", "itm_head")
 
 
@@ -150,13 +151,25 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     block_quantize_word_tables(model)  # before the MatMuls: the quantisers below leave its ops alone
     if not blocks:
         quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=vit_fp32_matmuls(model),
+                         extra_options={"MatMulConstBOnly": True})
         return
     scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     q = MatMulNBitsQuantizer(model, algo_config=scheme)
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def vit_fp32_matmuls(model) -> list[str]:
+    """The ViT's attention output projections, which stay fp32. Their input joins every head's
+    attention output, and heads differ in scale, so one activation scale per tensor rounds the
+    smaller heads coarsely. On the demo model (1,200 held-out scenes, identical greedy captions
+    int8 vs fp32): all int8 92.2%, these fp32 95.3%, the whole ViT fp32 97.1%; keeping fc2 or
+    any one block in fp32 instead changed nothing beyond noise (91.5-93.7% on 600). They are
+    1/12 of the ViT's weight FLOPs."""
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.name.startswith("/vision/") and "/attn/proj/" in n.name]
 
 
 def block_quantize_word_tables(model, block: int = 32) -> int:
