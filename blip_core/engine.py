@@ -137,11 +137,12 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
     model (identical greedy captions int8 vs fp32, 200 scenes): one scale per table 91.5%, per row 93%,
     blocks of 32 95.0%, fp32 tables 95.5% (and, with one scale per table, the ViT in fp32 94.5%,
     the decoding step in fp32 96.5%: both parts' int8 arithmetic flips near-tied words). Blocks of
-    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB. The current demo model:
-    94.0% (600 scenes: 91.3%; with the ViT in fp32 93.7%). The ViT's activations
-    quantised per token instead (symmetric, uint8 around 128): no better on the demo model (ViT
-    output error 2.3% against 1.8% per tensor), and ONNX Runtime's MatMul fusions assume one
-    activation scale, so they would need fusion turned off."""
+    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB. The ViT keeps its attention
+    output projections in fp32 (``vit_fp32_matmuls``). Its activations quantised per token
+    instead (symmetric, uint8 around 128): no better on the previous demo model (ViT output error
+    2.3% against 1.8% per tensor), and ONNX Runtime's MatMul fusions assume one activation scale,
+    so they would need fusion turned off. fp32 compute in ``MatMulNBits`` (accuracy level 0/1)
+    would spare the decoders' activations, but its 8-bit kernel is ~25x slower per step here."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -284,9 +285,10 @@ class OrtModel:
         # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
         _shared_arena(ort)
         opts.add_session_config_entry("session.use_env_allocators", "1")
-        self.sessions = {p.name[: -len(".int8.onnx")]: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                         for p in sorted(folder.glob("*.int8.onnx"))}
-        _release_free_memory()
+        self.sessions = {}
+        for p in sorted(folder.glob("*.int8.onnx")):
+            self.sessions[p.name[: -len(".int8.onnx")]] = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+            _release_free_memory()  # after each graph: its transient copy never sits under the next one's
         self.heads = nn.Module()
         state = torch.load(folder / "heads.pt", weights_only=True)
         if "match" in cfg.tasks:
