@@ -321,8 +321,8 @@ class SceneCaptions(Samples):
 
 class SceneVqa(SceneCaptions):
     """Scene ``i`` with, per epoch, one of its question/answer pairs; with ``kinds``, one of those
-    families only, and with ``min_objects``, scenes that crowded only (a scene that does not
-    qualify gives way to the next scene that does)."""
+    families only; with ``min_objects``, only scenes of at least that many objects (a scene that
+    does not qualify gives way to the next scene that does)."""
 
     def __init__(self, *args, kinds: tuple[str, ...] = (), min_objects: int = 1, **kwargs):
         super().__init__(*args, **kwargs)

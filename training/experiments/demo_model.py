@@ -50,9 +50,10 @@ def pipeline_model(experiment: Path, threads: int) -> tuple[str, Path]:
 # (VQA 0.768 after it: shapes 0.68, counts 0.73, but positions among three objects 0.40 and
 # colours, sizes or positions of an object picked out by another attribute about 0.5-0.7 among two
 # or three, against 1.00 alone: the model saw the attributes but not which object was asked about).
-# So positions get a stage on scenes of two or three objects only (positions 0.93) and all kinds
-# a last one there (VQA 0.843: positions 0.89, colours and sizes 0.89). Not the resolution: 800
-# more mixed steps gave 0.745 at 128 px (ViT positions resampled) and 0.748 at 64 px.
+# So positions get a stage on scenes of two or three objects only (in a probe: positions 0.93)
+# and all kinds a last one there (VQA 0.834 after it: positions 0.90, colours 0.88, sizes 0.89;
+# 0.868 after the final multitask stage). Not the resolution: 800 more mixed steps gave 0.745 at
+# 128 px (ViT positions resampled) and 0.748 at 64 px.
 FINAL_STEPS = 1200  # the last multitask stage (400 left retrieval at TR@1 41, IR@1 35)
 # After it, the caption decoder named a lone object's shape in 36% of captions while the answer
 # decoder named it in 86% of answers: trained while the vision encoder barely told shapes apart,
