@@ -272,7 +272,7 @@ def write_report(results: dict, out: Path) -> None:
                      f"({q['agreement_images']} images x {NEW_TOKENS} tokens): **{q['agreement'] * 100:.1f}%**")
     if "trained" in q:
         t = q["trained"]
-        lines.append(f"- trained model `{t['model']}`, {t['n']} held-out scenes, greedy: identical captions "
+        lines.append(f"- trained model `{_shown(t['model'])}`, {t['n']} held-out scenes, greedy: identical captions "
                      f"**{t['identical'] * 100:.1f}%**; CIDEr fp32 {t['cider_fp32']:.3f} -> int8 {t['cider_int8']:.3f} "
                      f"(change {100 * (t['cider_int8'] - t['cider_fp32']):+.1f} points)")
     lines += ["", "## Targets (issue: fast on-device inference)", "", "| target | reached | |", "|---|---|---|"]
@@ -365,6 +365,14 @@ def _chart(rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- main
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when inside it (the report is committed)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _quality_model(args) -> str | None:
     from . import demo_model_path
 

@@ -38,3 +38,5 @@ def test_bench_writes_the_report(tmp_path, monkeypatch):
     args = p.parse_args(["--quality-only", "--quality-model", str(cap), "--quality-scenes", "2", "--output", str(out)])
     assert bench.main(args) == 0
     assert json.loads(out.with_suffix(".json").read_text())["quality"]["trained"]["n"] == 2
+    monkeypatch.chdir(tmp_path)  # the committed report names the model relative to the checkout
+    assert bench.main(args) == 0 and "trained model `cap`, 2 held-out scenes" in out.read_text()
