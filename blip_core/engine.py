@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -125,11 +126,13 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     return paths
 
 
-def quantize(src: Path, dst: Path, blocks: bool) -> None:
+def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False) -> None:
     """int8 weights for one graph, chosen by measurement (docs/benchmarks.md). ``blocks`` (the
     decoders: their steps and cross keys/values): ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on
     activations quantised per block of 32 too; per-tensor activations cost a small trained model a
-    third of its identical greedy captions, blocks cost a step ~5% more time. Everything else (the
+    third of its identical greedy captions, blocks cost a step ~5% more time; ``many_rows`` (the
+    captioner's cross keys/values over the image): fp32 compute where that is faster
+    (``_fast_int8_blocks``). Everything else (the
     ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
     tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
     embeddings: int8 rows in blocks of 32 (``block_quantize_word_tables``); ONNX Runtime's quantiser
@@ -155,11 +158,29 @@ def quantize(src: Path, dst: Path, blocks: bool) -> None:
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=vit_fp32_matmuls(model),
                          extra_options={"MatMulConstBOnly": True})
         return
-    scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8,
+    level = 1 if many_rows and not _fast_int8_blocks() else 4  # 1: fp32 compute on the 8-bit weights
+    scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=8,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     q = MatMulNBitsQuantizer(model, algo_config=scheme)
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+@functools.cache
+def _fast_int8_blocks() -> bool:
+    """Whether ``MatMulNBits``' int8 compute (accuracy level 4) is the faster choice for graphs of
+    many rows. Measured on AVX2 without VNNI: the captioner's cross keys/values over 577 image
+    tokens took 183 ms with int8 compute, 148 ms with fp32 compute on the same 8-bit weights (and
+    the same identical captions on the demo model); one decoding step's single row, ~25x slower
+    with fp32 compute. Elsewhere (VNNI, or Arm's dot-product instructions on a Pi 5) int8 compute
+    stays, as it was measured nowhere else."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def vit_fp32_matmuls(model) -> list[str]:
@@ -233,7 +254,10 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
             for path in paths:
                 target = tmp / path.name.replace(".onnx", ".int8.onnx")
                 if quantized:
-                    quantize(path, target, blocks=part.endswith("decoder"))
+                    # the captioner's cross keys/values run over every image token; the answer
+                    # decoder's over a question's few
+                    many_rows = path.name == "text_decoder.cross_kv.onnx"
+                    quantize(path, target, blocks=part.endswith("decoder"), many_rows=many_rows)
                     path.unlink()
                 else:
                     path.rename(target)

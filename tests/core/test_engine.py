@@ -144,6 +144,24 @@ def test_quantisation_scheme_per_graph(dirs, cache):
     assert len(blocks) >= 2 and fp32 == sorted(f"/vision/{b}/attn/proj/MatMul" for b in blocks)
 
 
+def test_image_side_cross_keys_compute_in_fp32_only_where_that_is_faster(dirs, cache, monkeypatch):
+    import onnx
+
+    blip_core.load(dirs["caption"], precision="int8", warmup=False)
+    (folder,) = (cache / "int8").iterdir()
+
+    def levels(name):
+        nodes = onnx.load(str(folder / f"{name}.int8.onnx")).graph.node
+        return {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+
+    assert levels("text_decoder.step") == {4}  # one row per step: fp32 compute is ~25x slower
+    assert levels("text_decoder.cross_kv") == {4 if engine._fast_int8_blocks() else 1}
+    engine._fast_int8_blocks.cache_clear()
+    monkeypatch.setattr(engine.platform, "machine", lambda: "aarch64")  # a Pi 5: int8 dot products
+    assert engine._fast_int8_blocks()
+    engine._fast_int8_blocks.cache_clear()
+
+
 def test_block_quantised_word_table_looks_up_rows_within_half_a_step():
     """The rewritten lookup returns each row to within half its block's int8 step, also for rows
     far smaller than the table's largest (one scale per table rounded those to zero)."""
