@@ -79,35 +79,33 @@ VQA_CURRICULUM = (Stage("shape", 1, 2400), Stage("position,shape", 1, 600), Stag
 def finetune(work: Path, init: Path, steps: int, threads: int, procs: int, name: str = "multitask",
              lr: str = "3e-4", warmup: int = 100) -> Path:
     """Multitask fine-tuning on clean scenes; global batch 32 over ``procs`` processes."""
-    run = work / name
+    return _train(work / name, "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
+                  "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
+                  "epochs=1", f"batch_size={32 // procs}", f"lr={lr}", f"warmup_steps={warmup}", "schedule=cosine",
+                  "min_lr=1e-5", "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40",
+                  f"prompt={PROMPT}", threads=threads, procs=procs)
+
+
+def _train(run: Path, command: str, *keys: str, threads: int, procs: int) -> Path:
+    """``python -m training.finetune command keys...`` into ``run`` unless it finished before
+    (resumed from its last checkpoint if it was interrupted); one thread per process when
+    data-parallel."""
     if not (run / "DONE").is_file():
-        cfe.python_m("training.finetune", "multitask", f"init={init}", "tasks=caption,vqa,retrieval", "data=scenes",
-                     "scene_seed=7", "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={steps}",
-                     "epochs=1", f"batch_size={32 // procs}", f"lr={lr}", f"warmup_steps={warmup}", "schedule=cosine",
-                     "min_lr=1e-5", "queue_size=2000", "momentum=0.99", "alpha_ramp_epochs=0", "max_tokens=40",
-                     f"prompt={PROMPT}", *_run_keys(run), threads=1 if procs > 1 else threads, procs=procs)
+        resume = [f"resume={run}"] if (run / "checkpoints").is_dir() else []
+        cfe.python_m("training.finetune", command, *keys, "eval_each_epoch=false", "save_every=500", "log_every=50",
+                     "keep_checkpoints=1", f"output_dir={run}", *resume, threads=1 if procs > 1 else threads,
+                     procs=procs)
         (run / "DONE").write_text("done\n")
     return run
-
-
-def _run_keys(run: Path) -> list[str]:
-    return ["eval_each_epoch=false", "save_every=500", "log_every=50", "keep_checkpoints=1", f"output_dir={run}",
-            *([f"resume={run}"] if (run / "checkpoints").is_dir() else [])]
 
 
 def vqa_curriculum(work: Path, init: Path, threads: int, procs: int) -> Path:
     """The ``VQA_CURRICULUM`` stages, each starting from the previous one; global batch 64."""
     for i, (kinds, objects, steps, min_objects) in enumerate(VQA_CURRICULUM, 1):
-        run = work / f"vqa-{i}"
-        if not (run / "DONE").is_file():
-            cfe.python_m("training.finetune", "vqa", f"init={init}", "data=scenes", f"scene_seed={39 + i}",
-                         "scene_count=200000", f"scene_max_objects={objects}", f"scene_min_objects={min_objects}",
-                         f"scene_question_kinds={kinds}",
-                         f"max_steps={steps}", "epochs=1", f"batch_size={64 // procs}", "lr=3e-4", "warmup_steps=50",
-                         "schedule=cosine", "min_lr=1e-4", *_run_keys(run), threads=1 if procs > 1 else threads,
-                         procs=procs)
-            (run / "DONE").write_text("done\n")
-        init = run
+        init = _train(work / f"vqa-{i}", "vqa", f"init={init}", "data=scenes", f"scene_seed={39 + i}",
+                      "scene_count=200000", f"scene_max_objects={objects}", f"scene_min_objects={min_objects}",
+                      f"scene_question_kinds={kinds}", f"max_steps={steps}", "epochs=1", f"batch_size={64 // procs}",
+                      "lr=3e-4", "warmup_steps=50", "schedule=cosine", "min_lr=1e-4", threads=threads, procs=procs)
     return init
 
 
@@ -134,14 +132,10 @@ def merge(work: Path, base: Path, donor: Path, name: str = "merged",
 def caption_stage(work: Path, init: Path, threads: int, procs: int) -> Path:
     """The caption decoder alone over the finished model's frozen vision encoder, joined back to
     the model (its other parts are left as they were); global batch 64."""
-    run = work / "captions"
-    if not (run / "DONE").is_file():
-        cfe.python_m("training.finetune", "caption", f"init={init}", "freeze=vision", "data=scenes", "scene_seed=70",
-                     "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={CAPTION_STEPS}",
-                     "epochs=1", f"batch_size={64 // procs}", "lr=3e-4", "warmup_steps=50", "schedule=cosine",
-                     "min_lr=1e-5", "max_tokens=40", f"prompt={PROMPT}", *_run_keys(run),
-                     threads=1 if procs > 1 else threads, procs=procs)
-        (run / "DONE").write_text("done\n")
+    run = _train(work / "captions", "caption", f"init={init}", "freeze=vision", "data=scenes", "scene_seed=70",
+                 "scene_count=200000", f"scene_max_objects={MAX_OBJECTS}", f"max_steps={CAPTION_STEPS}", "epochs=1",
+                 f"batch_size={64 // procs}", "lr=3e-4", "warmup_steps=50", "schedule=cosine", "min_lr=1e-5",
+                 "max_tokens=40", f"prompt={PROMPT}", threads=threads, procs=procs)
     return merge(work, init, run, name="final-captions",
                  kept=("text_encoder.", "answer_decoder.", "vision_proj.", "text_proj.", "itm_head."))
 
