@@ -311,8 +311,9 @@ pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions
 instructions.
 
 Run to run, on this shared virtual machine, medians move by up to ~20%: the int8 VQA follow-up
-took 60, 76 and 65 ms in three runs (22.8x, 17.9x, 20.9x), although side by side in one process
-the graphs of the first run and of the later two took the same time (71.5 and 72.7 ms); beam 3's
+took 60, 76, 65, 72 and 83 ms in five runs (17.5x to 22.8x) and transformers' caption 1795 to
+2151 ms, although side by side in one process the VQA graphs of the first run and of the next
+two took the same time (71.5 and 72.7 ms); beam 3's
 decoding alone varies between ~0.5 and ~0.8 s within one run. Compare rows of one run."""
 
 
