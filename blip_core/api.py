@@ -4,26 +4,35 @@ Work is done once per image: ``encode_image`` runs the ViT and returns ``ImageFe
 the cross-attention keys/values of the caption decoder and of the question/text encoder are cached
 on first use, so a second caption, a follow-up question or a match on the same frame skips the
 vision encoder and those projections.
+
+Arrays between this module and a model are numpy; a torch model (fp32) gets them as tensors
+sharing their memory. An int8 model (``runtime.OrtModel``) never loads torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+import numpy as np
 
 from .checkpoints import LoadReport, materialize, open_checkpoint
 from .config import TASKS
 from .errors import BadInputError, BlipError, WrongTaskError
-from .generation import DecodingOptions, generate
+from .generation import DecodingOptions, generate, log_softmax, softmax
 from .hub import Progress, fetch, looks_like_hub_id
-from .models import BlipModel
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 from .tokenizer import BlipTokenizer
+
+if TYPE_CHECKING:
+    from .models import BlipModel
+    from .runtime import OrtModel
 
 PRECISIONS = ("fp32", "int8")
 MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length; longer questions are truncated
@@ -53,13 +62,13 @@ def _ms(t0: float) -> float:
 
 
 def _inference(method):
-    """Run a public method without autograd (inference tensors must never meet parameters that
-    require grad, e.g. a training model wrapped for evaluation)."""
+    """Run a public method without autograd on a torch model (inference tensors must never meet
+    parameters that require grad, e.g. a training model wrapped for evaluation)."""
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with torch.inference_mode():
-            return method(*args, **kwargs)
+    def wrapper(self, *args, **kwargs):
+        with self._torch.inference_mode() if self._torch else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
 
     return wrapper
 
@@ -67,7 +76,7 @@ def _inference(method):
 class Blip:
     """A loaded BLIP model with its tokenizer. Thread-compatible: one call at a time per object."""
 
-    def __init__(self, model: BlipModel, tokenizer: BlipTokenizer, name: str = "", precision: str = "fp32",
+    def __init__(self, model: BlipModel | OrtModel, tokenizer: BlipTokenizer, name: str = "", precision: str = "fp32",
                  report: LoadReport | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -75,6 +84,12 @@ class Blip:
         self.precision = precision
         self.report = report
         self.cfg = model.cfg
+        # torch for a torch model; None for one that takes numpy arrays (the int8 runtime)
+        self._torch = None if getattr(model, "numpy_io", False) else importlib.import_module("torch")
+
+    def _in(self, array: np.ndarray):
+        """A numpy input as the model takes it (a torch tensor sharing its memory, or as is)."""
+        return self._torch.from_numpy(array) if self._torch else array
 
     # ------------------------------------------------------------ properties
     @property
@@ -101,16 +116,15 @@ class Blip:
         """PIL image | HxWx3 uint8 RGB array | path -> reusable ``ImageFeatures``."""
         if isinstance(image, ImageFeatures):
             return self._check_features(image)
-        from .preprocess import frame_to_pixels, pixel_values
+        from .preprocess import frame_to_array, pixel_array
 
         t0 = time.perf_counter()
         if hasattr(image, "shape") and hasattr(image, "dtype"):
-            pixels = frame_to_pixels(image, self.image_size)
+            pixels = frame_to_array(image, self.image_size)
         else:
-            pixels = pixel_values(image, self.image_size)
+            pixels = pixel_array(image, self.image_size)
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            embeds = self.model.encode_image(pixels)
+        embeds = self.model.encode_image(self._in(pixels))
         pre, vis = (t1 - t0) * 1000, _ms(t1)
         return ImageFeatures(embeds, id(self), Timings(preprocess_ms=pre, vision_ms=vis, total_ms=pre + vis))
 
@@ -129,8 +143,7 @@ class Blip:
     def _cross_kv(self, f: ImageFeatures, part: str):
         """Per-image cross-attention keys/values of ``part``, cached in the features."""
         if part not in f.cache:
-            with torch.inference_mode():
-                f.cache[part] = self.model.cross_kv(part, f.embeds)
+            f.cache[part] = self.model.cross_kv(part, f.embeds)
         return f.cache[part]
 
     # ------------------------------------------------------------- captions
@@ -155,7 +168,7 @@ class Blip:
         f, vt = self._features(image)
         t1 = time.perf_counter()
         session = self.model.decoder_session("text_decoder", self._cross_kv(f, "text_decoder"))
-        hyps = generate(session, torch.tensor([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
+        hyps = generate(session, np.array([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
                         pad_id=self.tokenizer.pad_id)[0]
         texts = tuple(self.tokenizer.continuation(prompt_ids, h.tokens) for h in hyps)
         timings = Timings(vt.preprocess_ms, vt.vision_ms, 0.0, _ms(t1), _ms(t0))
@@ -165,9 +178,9 @@ class Blip:
     def _question_states(self, f: ImageFeatures, question: str):
         if not isinstance(question, str) or not question.strip():
             raise BadInputError("the question is empty; type a question about the image")
-        ids, mask = self.tokenizer(question.strip(), first="enc", max_length=MAX_QUESTION_TOKENS)
-        with torch.inference_mode():
-            states = self.model.encode_question(f.embeds, ids, mask, cross_kv=self._cross_kv(f, "text_encoder"))
+        ids, mask = self.tokenizer.arrays(question.strip(), first="enc", max_length=MAX_QUESTION_TOKENS)
+        ids, mask = self._in(ids), self._in(mask)
+        states = self.model.encode_question(f.embeds, ids, mask, cross_kv=self._cross_kv(f, "text_encoder"))
         return states, mask
 
     @_inference
@@ -181,8 +194,7 @@ class Blip:
         t1 = time.perf_counter()
         states, mask = self._question_states(f, question)
         t2 = time.perf_counter()
-        with torch.inference_mode():
-            kv = self.model.cross_kv("answer_decoder", states)
+        kv = self.model.cross_kv("answer_decoder", states)
         if answers is not None:
             ranked = self._rank(kv, mask, answers, k)
             text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
@@ -190,7 +202,7 @@ class Blip:
             opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                          min_new_tokens=min(min_new_tokens, max_new_tokens))
             session = self.model.decoder_session("answer_decoder", kv, mask)
-            hyp = generate(session, torch.tensor([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
+            hyp = generate(session, np.array([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
                            pad_id=self.tokenizer.pad_id)[0][0]
             text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
         timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, _ms(t2), _ms(t0))
@@ -200,21 +212,20 @@ class Blip:
         answers = [a for a in dict.fromkeys(a.strip() for a in answers if isinstance(a, str)) if a]
         if not answers:
             raise BadInputError("the answer list is empty")
-        ids, mask = self.tokenizer(answers, first="dec", max_length=MAX_TEXT_TOKENS)
-        with torch.inference_mode():
-            # 1) one step from [DEC]: keep the k answers whose first token is likeliest
-            session = self.model.decoder_session("answer_decoder", kv, q_mask)
-            first = session.start(ids[:1, :1], group=1).log_softmax(-1)[0]
-            top = first[ids[:, 1]].topk(min(k, len(answers))).indices
-            # 2) teacher-force those answers step by step, all rows sharing the question's keys/values
-            ids, mask = ids[top], mask[top]
-            scores = first[ids[:, 1]].clone()
-            session = self.model.decoder_session("answer_decoder", kv, q_mask)
-            session.start(ids[:1, :1], group=len(top))
-            for t in range(1, ids.shape[1] - 1):
-                logp = session.step(ids[:, t], None).log_softmax(-1)
-                scores += logp.gather(1, ids[:, t + 1, None]).squeeze(1) * mask[:, t + 1]
-        order = scores.argsort(descending=True)
+        ids, mask = self.tokenizer.arrays(answers, first="dec", max_length=MAX_TEXT_TOKENS)
+        # 1) one step from [DEC]: keep the k answers whose first token is likeliest
+        session = self.model.decoder_session("answer_decoder", kv, q_mask)
+        first = log_softmax(session.start(ids[:1, :1], group=1))[0]
+        top = np.argsort(-first[ids[:, 1]], kind="stable")[:min(k, len(answers))]
+        # 2) teacher-force those answers step by step, all rows sharing the question's keys/values
+        ids, mask = ids[top], mask[top]
+        scores = first[ids[:, 1]]
+        session = self.model.decoder_session("answer_decoder", kv, q_mask)
+        session.start(ids[:1, :1], group=len(top))
+        for t in range(1, ids.shape[1] - 1):
+            logp = log_softmax(session.step(ids[:, t], None))
+            scores += logp[np.arange(len(top)), ids[:, t + 1]] * mask[:, t + 1]
+        order = np.argsort(-scores, kind="stable")
         return [(answers[int(top[i])], float(scores[i])) for i in order]
 
     # -------------------------------------------------------------- matching
@@ -227,20 +238,17 @@ class Blip:
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise BadInputError("give one or more non-empty texts to match")
         f, _ = self._features(image)
-        enc_ids, enc_mask = self.tokenizer(list(texts), first="enc", max_length=MAX_TEXT_TOKENS)
-        cls_ids, cls_mask = self.tokenizer(list(texts), first="cls", max_length=MAX_TEXT_TOKENS)
-        with torch.inference_mode():
-            itm = self.model.itm_logits(f.embeds, enc_ids, enc_mask, cross_kv=self._cross_kv(f, "text_encoder"))
-            itm = itm.softmax(-1)[:, 1]
-            itc = self.model.text_features(cls_ids, cls_mask) @ self.model.image_features(f.embeds)[0]
+        enc = map(self._in, self.tokenizer.arrays(list(texts), first="enc", max_length=MAX_TEXT_TOKENS))
+        cls = map(self._in, self.tokenizer.arrays(list(texts), first="cls", max_length=MAX_TEXT_TOKENS))
+        itm = np.asarray(self.model.itm_logits(f.embeds, *enc, cross_kv=self._cross_kv(f, "text_encoder")))
+        itm = softmax(itm.astype(np.float32))[:, 1]
+        itc = np.asarray(self.model.text_features(*cls)) @ np.asarray(self.model.image_features(f.embeds))[0]
         return [MatchResult(t, float(a), float(c)) for t, a, c in zip(texts, itm, itc)]
 
     # --------------------------------------------------------------- warm-up
     def warmup(self) -> None:
         """Run each loaded task once on a grey image so first real calls are not slowed by lazy
         kernel initialisation."""
-        import numpy as np
-
         f = self.encode_image(np.full((self.image_size, self.image_size, 3), 128, dtype=np.uint8))
         if "caption" in self.tasks:
             self.caption(f, max_new_tokens=2, min_new_tokens=0)
@@ -273,7 +281,9 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise BadInputError("threads must be a positive integer")
-    torch.set_num_threads(threads or physical_cores())
+    threads = threads or physical_cores()
+    if "torch" in sys.modules or precision == "fp32":  # an int8 model alone never loads torch
+        importlib.import_module("torch").set_num_threads(threads)
     tasks = _parse_tasks(task)
     source_str = os.fspath(source)
     path = fetch(source_str, progress) if looks_like_hub_id(source_str) else Path(source_str).expanduser()
@@ -281,9 +291,9 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
         progress(0.0, f"loading {source_str}")
     ck = open_checkpoint(path)
     if precision == "int8":
-        from .engine import materialize_int8
+        from .runtime import materialize_int8
 
-        model = materialize_int8(ck, tasks, threads=torch.get_num_threads(), progress=progress)
+        model = materialize_int8(ck, threads, tasks, progress=progress)
     else:
         model = materialize(ck, tasks)
     tokenizer = BlipTokenizer(ck.vocab)

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .errors import BadInputError
 
 PROMPT = "a picture of "
@@ -57,6 +55,8 @@ def random_checkpoint(task: str, root: Path) -> Path:
         return folder
     import transformers
 
+    import torch
+
     cls = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering"}[task]
     torch.manual_seed(0)
     cfg = transformers.BlipConfig(text_config={"num_attention_heads": 12})
@@ -81,6 +81,7 @@ def bench_image(size: int = 480):
 
 class HFCaptioner:
     def __init__(self, folder: Path):
+        import torch
         from transformers import BlipForConditionalGeneration, BlipImageProcessor
 
         self.model = BlipForConditionalGeneration.from_pretrained(folder).eval()
@@ -92,11 +93,15 @@ class HFCaptioner:
         self.ids = torch.tensor([[tok.cls_id] + tok.tokens(PROMPT) + [tok.sep_id]])
 
     def encode(self, image):
+        import torch
+
         px = self.proc(image, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             return self.model.vision_model(pixel_values=px)[0]
 
     def caption(self, image, num_beams=1):
+        import torch
+
         px = self.proc(image, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             return self.model.generate(pixel_values=px, input_ids=self.ids.clone(), max_new_tokens=NEW_TOKENS,
@@ -105,6 +110,7 @@ class HFCaptioner:
 
 class HFVqa:
     def __init__(self, folder: Path):
+        import torch
         from transformers import BlipForQuestionAnswering, BlipImageProcessor
 
         from .tokenizer import BlipTokenizer
@@ -116,6 +122,8 @@ class HFVqa:
         self.ids = torch.tensor([[tok.cls_id] + tok.tokens(QUESTION) + [tok.sep_id]])
 
     def answer(self, image):
+        import torch
+
         px = self.proc(image, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             return self.model.generate(input_ids=self.ids, pixel_values=px, max_new_tokens=5, min_new_tokens=5)
@@ -139,19 +147,21 @@ def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
 def teacher_forced_agreement(fp32, int8, images, max_new: int = NEW_TOKENS) -> float:
     """Share of positions where int8's next-token argmax equals fp32's, both fed fp32's greedy
     caption (so one disagreement does not derail the rest)."""
+    import numpy as np
+    import torch
+
     agree = total = 0
-    prompt = torch.tensor([fp32.tokenizer.prompt_ids(PROMPT)])
+    prompt = np.array([fp32.tokenizer.prompt_ids(PROMPT)])
     for image in images:
         seq = fp32.caption(image, max_new_tokens=max_new, min_new_tokens=max_new).token_ids
         argmaxes = []
         for m in (fp32, int8):
             f = m.encode_image(image)
-            s = m.model.decoder_session("text_decoder", m._cross_kv(f, "text_decoder"))
-            with torch.inference_mode():
-                logits = s.start(prompt, 1)
-                out = [int(logits.argmax(-1))]
+            with torch.inference_mode():  # as the fp32 model's public methods run
+                s = m.model.decoder_session("text_decoder", m._cross_kv(f, "text_decoder"))
+                out = [int(s.start(prompt, 1).argmax(-1)[0])]
                 for tok in seq[:-1]:
-                    out.append(int(s.step(torch.tensor([tok]), None).argmax(-1)))
+                    out.append(int(s.step(np.array([tok]), None).argmax(-1)[0]))
             argmaxes.append(out)
         agree += sum(a == b for a, b in zip(*argmaxes))
         total += len(seq)
@@ -186,15 +196,19 @@ def _vmhwm_mb() -> float:
 
 
 def rss_child(config: str, model: str, threads: int) -> None:
-    torch.set_num_threads(threads)
+    """Load + one caption in this fresh process, then print its peak RSS. Ours int8 runs as a user's
+    would: without torch (``torch_loaded`` in the output tells)."""
     image = bench_image()
     if config == "transformers-fp32":
+        import torch
+
+        torch.set_num_threads(threads)
         HFCaptioner(Path(model)).caption(image)
     else:
         from . import load
 
-        load(model, precision=config.split("-")[1], warmup=False).caption(image, **CAPTION)
-    print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb()}))
+        load(model, precision=config.split("-")[1], threads=threads, warmup=False).caption(image, **CAPTION)
+    print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb(), "torch_loaded": "torch" in sys.modules}))
 
 
 def peak_rss(config: str, model: Path, threads: int) -> float:
@@ -210,6 +224,7 @@ def study_child(model: str, threads: int, repeats: int) -> None:
     """Run with the study's transformers first on ``sys.path``: its captioner against ours int8,
     interleaved in this process. Prints the times and whether both produced the same tokens as
     a check that the old release read the weights as the new one does."""
+    import torch
     import transformers
 
     from . import load
@@ -390,6 +405,8 @@ def quality_only(args) -> int:
     qmodel = _quality_model(args)
     if not qmodel:
         raise BadInputError("no trained model: give --quality-model or build the demo model (make demo-model)")
+    import torch
+
     torch.set_num_threads(args.threads)
     results = json.loads(saved.read_text())
     results.setdefault("quality", {})["trained"] = caption_quality(qmodel, args.quality_scenes)
@@ -410,12 +427,13 @@ def main(args) -> int:
         return quality_only(args)
     try:
         import onnxruntime
+        import torch
         import transformers
     except ImportError as e:
         raise BadInputError(f"blip bench needs the dev extras ({e.name}): pip install -e '.[dev]'") from e
     from . import load
     from .api import physical_cores
-    from .engine import cache_root
+    from .runtime import cache_root
 
     torch.set_num_threads(args.threads)
     root = cache_root() / "bench"

@@ -13,10 +13,14 @@ Formats read (one converter each, all producing our parameter names):
 Every foreign key is accounted for in a ``LoadReport``: loaded, ignored with a reason (training
 state, tied aliases, parts the requested task does not use) or unexpected. Missing or mis-shaped
 weights of a part the model needs are refused, never replaced by random values.
+
+torch is imported where tensors are made, not with this module: opening a checkpoint reads only
+its config and the safetensors header, so the int8 runtime loads converted graphs without torch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,16 +28,17 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import BlipConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
-from .models import BlipModel
 from .tokenizer import BERT_VOCAB, BlipTokenizer
-from .vision import resample_pos_embed
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .models import BlipModel
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -56,6 +61,8 @@ class TensorSource:
 
     @classmethod
     def from_dict(cls, sd: dict[str, torch.Tensor]) -> "TensorSource":
+        import torch
+
         tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
         return cls({k: tuple(v.shape) for k, v in tensors.items()}, tensors.__getitem__)
 
@@ -63,19 +70,26 @@ class TensorSource:
     def from_safetensors(cls, files: Iterable[Path]) -> "TensorSource":
         from safetensors import safe_open
 
-        handles, shapes = {}, {}
+        owners, shapes = {}, {}
         for f in files:
             try:
-                h = safe_open(str(f), framework="pt")
+                h = safe_open(str(f), framework="numpy")  # the header only; "pt" would import torch
                 for k in h.keys():
                     shapes[k] = tuple(h.get_slice(k).get_shape())
-                    handles[k] = h
+                    owners[k] = str(f)
             except Exception as e:  # safetensors raises its own types for truncated/garbled headers
                 raise CheckpointError(f"cannot read weights {f}: {e}; the file is damaged, download it again") from e
-        return cls(shapes, lambda k: handles[k].get_tensor(k))
+
+        @functools.cache
+        def torch_handle(f: str):
+            return safe_open(f, framework="pt")
+
+        return cls(shapes, lambda k: torch_handle(owners[k]).get_tensor(k))
 
 
 def _torch_load(path: Path):
+    import torch
+
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -426,6 +440,8 @@ def _rename(ck: Checkpoint) -> dict[str, str]:
 
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    from torch import nn
+
     owner, _, attr = name.rpartition(".")
     module = model.get_submodule(owner) if owner else model
     old = getattr(module, attr)
@@ -446,6 +462,11 @@ def materialize(
     ``on_module_ready(module, name)`` runs as soon as all tensors of a leaf module are set (the
     int8 engine quantises there, so no full fp32 copy of the model ever exists).
     """
+    import torch
+
+    from .models import BlipModel
+    from .vision import resample_pos_embed
+
     report = ck.report
     if tasks:
         unavailable = [t for t in tasks if t not in ck.cfg.tasks]
@@ -555,12 +576,14 @@ def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save(model: BlipModel, folder: str | os.PathLike, tokenizer: BlipTokenizer, extra: dict | None = None,
-         dtype: torch.dtype = torch.float32) -> Path:
+         dtype: torch.dtype | None = None) -> Path:
     """Save in our own format: config.json (with ``blipcam``), model.safetensors, vocab.txt.
-    ``dtype=torch.float16`` halves the file (e.g. a bundled model); loading always computes in fp32."""
+    ``dtype=torch.float16`` halves the file (e.g. a bundled model); loading always computes in fp32.
+    The default keeps float32."""
+    import torch
     from safetensors.torch import save_file
 
-    sd = _unshared({k: v.to(dtype) for k, v in model.state_dict().items()})
+    sd = _unshared({k: v.to(dtype or torch.float32) for k, v in model.state_dict().items()})
     meta = {"blipcam": model.cfg.to_dict(), "format_version": FORMAT_VERSION, **(extra or {})}
     _atomic_write(Path(folder), {
         "config.json": json.dumps(meta, indent=2).encode(),

@@ -1,4 +1,5 @@
-"""The int8 engine behind ``precision="int8"``: ONNX Runtime with int8 weights.
+"""The int8 engine behind ``precision="int8"``: conversion to ONNX Runtime graphs with int8
+weights (``blip_core.runtime`` loads and runs them, without torch).
 
 Why ONNX Runtime: measured side by side on the same weights (docs/benchmarks.md), its dynamic
 int8 MatMul beat PyTorch's eager int8 paths (``torch.ao`` dynamic quantisation, torchao) on both
@@ -18,19 +19,17 @@ encoder (question, ITM and ITC modes).
 
 Converting needs the fp32 weights once, one part at a time (the ViT, then each text stack), so no
 full fp32 copy of the model is ever in memory; the int8 graphs are cached on disk
-(``$BLIPCAM_CACHE`` or ``~/.cache/blipcam``) and later loads read only them.
+(``$BLIPCAM_CACHE`` or ``~/.cache/blipcam``) and later loads read only them (``runtime``).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -39,22 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import graphs
 from .checkpoints import Checkpoint, _rename, _set_tensor
 from .config import BlipConfig
-from .errors import BadInputError, CheckpointError, StorageError
-from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph, kv_shapes
+from .errors import CheckpointError
+from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
+from .runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 4  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks;
-# 4: the ViT's attention output projections in fp32
-HEADS = ("vision_proj", "text_proj", "itm_head")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BLIPCAM_CACHE") or Path.home() / ".cache" / "blipcam")
 
 
 def _parts(cfg: BlipConfig) -> list[str]:
@@ -63,24 +55,6 @@ def _parts(cfg: BlipConfig) -> list[str]:
     if cfg.has_text_encoder:
         parts.append("text_encoder")
     return parts
-
-
-def fingerprint(ck: Checkpoint) -> str:
-    """Identity of the converted graphs: the checkpoint files (path, size, mtime), the model
-    config, the engine / ONNX Runtime versions and the source of the export code (so a change to
-    the graphs never meets a stale cache)."""
-    import onnxruntime
-
-    src = Path(ck.report.source).resolve()
-    files = sorted(src.iterdir()) if src.is_dir() else [src]
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (graphs, sys.modules[__name__]))).hexdigest()
-    blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict(), code], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _kv_names(prefix: str, L: int) -> list[str]:
-    return [f"{prefix}_{kind}{i}" for i in range(L) for kind in ("k", "v")]
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
@@ -104,14 +78,14 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     L, h, hd = t.layers, t.heads, t.width // t.heads
     cross_width = stack.layers[0].cross_attn.key.in_features
     paths = [folder / f"{part}.cross_kv.onnx"]
-    cross = _kv_names("cross", L)
+    cross = kv_names("cross", L)
     kv = lambda B, n: tuple(torch.randn(shape) for _ in range(L) for shape in kv_shapes(B, h, hd, n))  # noqa: E731
     axes = lambda name, rows, n: {0: rows, 3 if "_k" in name else 2: n}  # noqa: E731
     cross_axes = {n: axes(n, "B", "N") for n in cross}
     _export(CrossKVGraph(stack), (torch.randn(1, 5, cross_width),), paths[0], ["states"], cross,
             {"states": {0: "B", 1: "N"}, **cross_axes})
     if stack.lm_head is not None:
-        past, present = _kv_names("past", L), _kv_names("present", L)
+        past, present = kv_names("past", L), kv_names("present", L)
         paths.append(folder / f"{part}.step.onnx")
         _export(StepGraph(stack), (torch.zeros(2, 1, dtype=torch.long), torch.tensor([3]), *kv(2, 3), *kv(1, 5)),
                 paths[-1], ["ids", "position", *past, *cross], ["logits", *present],
@@ -261,8 +235,8 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
                     path.unlink()
                 else:
                     path.rename(target)
-        heads = {k: ck.tensors.get(rename[k]).float() for k in wanted if k.startswith(HEADS)}
-        torch.save(heads, tmp / "heads.pt")
+        heads = {k: ck.tensors.get(rename[k]).float().numpy() for k in wanted if k.startswith(HEADS)}
+        np.savez(tmp / "heads.npz", **heads)
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION}))
         if folder.exists():
             shutil.rmtree(folder)
@@ -283,192 +257,3 @@ def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
         if value.shape != meta.shape:
             raise CheckpointError(f"{rename[name]} has shape {tuple(value.shape)}, the model expects {tuple(meta.shape)}")
         _set_tensor(model, name, value)
-
-
-# ------------------------------------------------------------------ runtime
-class OrtModel:
-    """Duck-types the parts of ``BlipModel`` that ``blip_core.api.Blip`` uses."""
-
-    def __init__(self, cfg: BlipConfig, folder: Path, threads: int):
-        import onnxruntime as ort
-
-        self.cfg = cfg
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
-        # busy-wait between runs without taking the cores from another session's. With a pool per
-        # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool. Once it
-        # exists ORT refuses every session of the process that asks for threads of its own, so an
-        # app with other ONNX Runtime models sets BLIPCAM_ORT_SHARED_POOL=0 (before the first load).
-        if (_global_pool_threads or _shared_pool_wanted()) and _size_global_pool(ort, threads):
-            opts.use_per_session_threads = False  # thread counts set here would be ignored, with a warning
-        else:  # opted out, or an ONNX Runtime without the global pool in Python: pools that never spin
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # One arena for all sessions: the ViT's activations are freed before the decoder runs,
-        # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
-        _shared_arena(ort)
-        opts.add_session_config_entry("session.use_env_allocators", "1")
-        self.sessions = {}
-        for p in sorted(folder.glob("*.int8.onnx")):
-            self.sessions[p.name[: -len(".int8.onnx")]] = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-            _release_free_memory()  # after each graph: its transient copy never sits under the next one's
-        self.heads = nn.Module()
-        state = torch.load(folder / "heads.pt", weights_only=True)
-        if "match" in cfg.tasks:
-            e, vw, tw = cfg.embed_dim, cfg.vision.width, cfg.text.width
-            self.heads.vision_proj, self.heads.text_proj, self.heads.itm_head = (
-                nn.Linear(vw, e), nn.Linear(tw, e), nn.Linear(tw, 2))
-            self.heads.load_state_dict(state)
-
-    def eval(self):
-        return self
-
-    def _run(self, name: str, feed: dict) -> list[np.ndarray]:
-        return self.sessions[name].run(None, feed)
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run("vision", {"pixels": pixels.numpy()})[0])
-
-    def cross_kv(self, part: str, states) -> list[np.ndarray]:
-        states = states.numpy() if isinstance(states, torch.Tensor) else states
-        return self._run(f"{part}.cross_kv", {"states": np.ascontiguousarray(states, dtype=np.float32)})
-
-    def decoder_session(self, part: str, cross_kv: list[np.ndarray], cross_mask=None) -> "OrtDecoderSession":
-        if cross_mask is not None and not bool(cross_mask.all()):
-            raise BadInputError("the int8 engine decodes one unpadded question at a time")
-        return OrtDecoderSession(self.sessions[f"{part}.step"], cross_kv, self.cfg)
-
-    def _encode(self, ids, mask, cross_kv: list[np.ndarray] | None) -> torch.Tensor:
-        t = self.cfg.text
-        if cross_kv is None:  # text mode: cross-attention is computed on a dummy and discarded
-            dummy = [np.zeros(shape, np.float32) for shape in kv_shapes(1, t.heads, t.width // t.heads, 1)]
-            cross_kv, use = dummy * t.layers, np.array([False])
-        else:
-            use = np.array([True])
-        feed = {"ids": ids.numpy(), "mask": mask.numpy(), "use_cross": use,
-                **dict(zip(_kv_names("cross", t.layers), cross_kv))}
-        return torch.from_numpy(self._run("text_encoder.encode", feed)[0])
-
-    def encode_question(self, image_embeds, ids, mask, cross_kv=None) -> torch.Tensor:
-        return self._encode(ids, mask, cross_kv if cross_kv is not None else self.cross_kv("text_encoder", image_embeds))
-
-    def itm_logits(self, image_embeds, ids, mask, cross_kv=None) -> torch.Tensor:
-        return self.heads.itm_head(self.encode_question(image_embeds, ids, mask, cross_kv)[:, 0])
-
-    def text_features(self, ids, mask) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.heads.text_proj(self._encode(ids, mask, None)[:, 0]), dim=-1)
-
-    def image_features(self, image_embeds) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.heads.vision_proj(image_embeds[:, 0]), dim=-1)
-
-
-_global_pool_threads = 0  # size of ONNX Runtime's process-wide thread pool once sized here; -1: sized elsewhere
-
-
-def _shared_pool_wanted() -> bool:
-    return os.environ.get("BLIPCAM_ORT_SHARED_POOL", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _size_global_pool(ort, threads: int) -> bool:
-    """Size ONNX Runtime's process-wide thread pool for the first int8 model loaded. ORT cannot
-    resize it, nor give a session a pool of its own once it exists, so later models share it.
-    False when this onnxruntime cannot make one from Python."""
-    global _global_pool_threads
-    if not hasattr(ort, "set_global_thread_pool_sizes"):
-        return False
-    if not _global_pool_threads:
-        try:
-            ort.set_global_thread_pool_sizes(threads, 1)
-            _global_pool_threads = threads
-        except Exception:  # other code in this process sized it first
-            _global_pool_threads = -1
-    if _global_pool_threads != threads:
-        size = f"{_global_pool_threads} threads" if _global_pool_threads > 0 else "a size set elsewhere"
-        log.warning("int8 models in one process share ONNX Runtime's thread pool (%s); threads=%d does not "
-                    "apply to this one", size, threads)
-    return True
-
-
-@functools.cache
-def _shared_arena(ort) -> None:
-    """Register (once per process) the CPU arena that sessions with ``use_env_allocators`` share;
-    it grows by what is requested rather than by powers of two."""
-    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
-
-
-def _release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc): loading a graph frees a transient copy
-    of its weights that would otherwise stay in the process's resident set."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
-
-
-class OrtDecoderSession:
-    """``StepDecoder`` over an exported step graph; the prompt is fed one token at a time."""
-
-    def __init__(self, session, cross_kv: list[np.ndarray], cfg: BlipConfig):
-        t = cfg.text
-        self.session, self.L = session, t.layers
-        self.shape = (t.heads, t.width // t.heads)
-        self.cross = dict(zip(_kv_names("cross", t.layers), cross_kv))
-        self.past: list[np.ndarray] = []
-        self.position = 0
-
-    def _run(self, ids: np.ndarray) -> torch.Tensor:
-        feed = {"ids": ids.astype(np.int64).reshape(-1, 1), "position": np.array([self.position], np.int64),
-                **dict(zip(_kv_names("past", self.L), self.past)), **self.cross}
-        logits, *self.past = self.session.run(None, feed)
-        self.position += 1
-        return torch.from_numpy(logits)
-
-    def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
-        B = prompt_ids.shape[0]
-        self.past = [np.zeros(shape, np.float32) for _ in range(self.L) for shape in kv_shapes(B, *self.shape, 0)]
-        self.position = 0
-        ids = prompt_ids.numpy()
-        for t in range(ids.shape[1]):
-            logits = self._run(ids[:, t])
-        if group > 1:
-            rows = np.repeat(np.arange(B), group)
-            self.past = [p[rows] for p in self.past]
-            logits = logits[torch.from_numpy(rows)]
-        return logits
-
-    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        if rows is not None:
-            idx = rows.numpy()
-            self.past = [p[idx] for p in self.past]
-        return self._run(tokens.numpy())
-
-
-def materialize_int8(ck: Checkpoint, tasks: tuple[str, ...] | None = None, threads: int | None = None,
-                     progress=None) -> OrtModel:
-    """Load ``ck`` as int8 ONNX Runtime graphs, converting (once, cached) if needed."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise BadInputError("precision='int8' needs onnxruntime: pip install onnxruntime") from e
-    if tasks:
-        unavailable = [t for t in tasks if t not in ck.cfg.tasks]
-        if unavailable:
-            raise CheckpointError(f"{ck.report.source} has no weights for {', '.join(unavailable)}")
-        ck.cfg = ck.cfg.with_tasks(*tasks)
-    ck.report.tasks = ck.cfg.tasks
-    folder = cache_root() / "int8" / fingerprint(ck)
-    if not (folder / "config.json").is_file():
-        log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            convert(ck, folder, progress=progress)
-        except OSError as e:
-            raise StorageError(f"cannot write the int8 engine cache in {folder.parent}: {e.strerror or e}; "
-                               "free some space or point BLIPCAM_CACHE at a writable folder") from e
-    ck.report.loaded = len(ck.tensors.keys())
-    return OrtModel(ck.cfg, folder, threads or torch.get_num_threads())

@@ -1,9 +1,8 @@
 """Decoding strategies (greedy, beam, nucleus) over any step-wise decoder.
 
 The strategies only see logits: a ``StepDecoder`` turns tokens into next-token logits and owns its
-caches. ``DecoderSession`` is the one for our text decoders: cross-attention keys/values are
-computed once per image (or question) and shared by every step and every beam; only the
-self-attention cache grows and is reordered.
+caches (``text.DecoderSession`` for our torch decoders, ``runtime.OrtDecoderSession`` for the int8
+graphs). Arrays are numpy, so an int8 model decodes without loading torch.
 
 The semantics follow transformers' ``generate`` (our parity oracle): processors (repetition
 penalty, minimum length) act on raw logits for greedy/sampling and on log-probabilities for beam
@@ -17,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import torch
+import numpy as np
 
 from .errors import BadInputError
-from .text import KV, SelfCache, TextTransformer
 
 STRATEGIES = ("greedy", "beam", "nucleus")
 
@@ -80,77 +78,107 @@ class Hypothesis:
 
 
 class StepDecoder(Protocol):
-    def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
-        """prompt_ids [B, P] -> logits [B * group, V] of the next token, ``group`` rows per image."""
+    def start(self, prompt_ids: np.ndarray, group: int) -> np.ndarray:
+        """prompt_ids int64 [B, P] -> float32 logits [B * group, V] of the next token, ``group``
+        rows per image."""
 
-    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """tokens [R]: the token appended to each row; ``rows`` [R]: for each new row, the previous
         row it continues (None = same order). Returns logits [R, V]."""
 
 
-def generate(decoder: StepDecoder, prompt_ids: torch.Tensor, opts: DecodingOptions, eos_id: int, pad_id: int = 0):
-    """Decode after ``prompt_ids`` [B, P] (identical prompt for all images). Returns, per image, a
-    list of ``num_return_sequences`` Hypothesis, best first."""
+def generate(decoder: StepDecoder, prompt_ids, opts: DecodingOptions, eos_id: int, pad_id: int = 0):
+    """Decode after ``prompt_ids`` [B, P] (identical prompt for all images; any array, a torch
+    tensor included). Returns, per image, a list of ``num_return_sequences`` Hypothesis, best first.
+
+    The strategies are numpy: an int8 model decodes without loading torch at all."""
     opts.validate()
-    with torch.inference_mode():
-        if opts.strategy == "beam":
-            return _beam_search(decoder, prompt_ids, opts, eos_id)
-        return _sample(decoder, prompt_ids, opts, eos_id, pad_id)
+    prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+    if opts.strategy == "beam":
+        return _beam_search(decoder, prompt_ids, opts, eos_id)
+    return _sample(decoder, prompt_ids, opts, eos_id, pad_id)
 
 
-def _apply_repetition_penalty(scores: torch.Tensor, seqs: torch.Tensor, penalty: float) -> torch.Tensor:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, in x's precision."""
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(x))
+
+
+def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest of each row of x [R, N], largest first (ties: lower index first) ->
+    (values [R, k], indices [R, k]). A partition, then a sort of only those k."""
+    idx = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.broadcast_to(np.arange(x.shape[1]), x.shape)
+    vals = np.take_along_axis(x, idx, 1)
+    order = np.lexsort((idx, -vals), axis=1)
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def _apply_repetition_penalty(scores: np.ndarray, seqs: np.ndarray, penalty: float) -> np.ndarray:
     """scores [R, V]; seqs [R, T] every token so far (prompt included). Seen tokens get their score
     divided by ``penalty`` if positive, multiplied if negative."""
     if penalty == 1.0:
         return scores
-    seen = scores.gather(1, seqs)
-    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, seqs, seen)
+    rows = np.arange(len(seqs))[:, None]
+    seen = scores[rows, seqs]
+    scores = scores.copy()
+    scores[rows, seqs] = np.where(seen < 0, seen * np.float32(penalty), seen / np.float32(penalty))
+    return scores
 
 
 def _process(scores, seqs, new_len, opts, eos_id):
     scores = _apply_repetition_penalty(scores, seqs, opts.repetition_penalty)
     if new_len < opts.min_new_tokens:
-        scores = scores.clone()
-        scores[:, eos_id] = -float("inf")
+        scores = scores.copy()
+        scores[:, eos_id] = -np.inf
     return scores
 
 
-def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+def _nucleus(logits: np.ndarray, top_p: float, temperature: float) -> np.ndarray:
     """Keep the smallest set of tokens whose probability mass reaches ``top_p`` (at least one)."""
-    logits = logits / temperature
+    logits = logits / np.float32(temperature)
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, descending=False)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
+    order = np.argsort(logits, axis=-1, kind="stable")  # ascending
+    cum = softmax(np.take_along_axis(logits, order, -1)).cumsum(-1)
     drop = cum <= (1 - top_p)
     drop[:, -1] = False
-    return logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    dropped = np.zeros_like(drop)
+    np.put_along_axis(dropped, order, drop, -1)
+    return np.where(dropped, -np.inf, logits)
+
+
+def _draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of probs [R, V] (inverse CDF; a zero-probability token is never drawn)."""
+    cum = probs.astype(np.float64).cumsum(-1)
+    u = (1.0 - rng.random(len(probs)))[:, None] * cum[:, -1:]  # in (0, total]
+    return np.minimum((cum < u).sum(-1), probs.shape[1] - 1)
 
 
 def _sample(decoder, prompt_ids, opts, eos_id, pad_id):
     B, P = prompt_ids.shape
     n = opts.num_return_sequences
-    generator = None
-    if opts.strategy == "nucleus" and opts.seed is not None:
-        generator = torch.Generator().manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed) if opts.strategy == "nucleus" else None
     logits = decoder.start(prompt_ids, group=n)
-    seqs = prompt_ids.repeat_interleave(n, dim=0)
-    logp_sum = torch.zeros(B * n)
-    done = torch.zeros(B * n, dtype=torch.bool)
+    seqs = np.repeat(prompt_ids, n, axis=0)
+    logp_sum = np.zeros(B * n, np.float32)
+    done = np.zeros(B * n, bool)
     for t in range(opts.max_new_tokens):
-        scores = _process(logits.float(), seqs, t, opts, eos_id)
+        scores = _process(logits.astype(np.float32, copy=False), seqs, t, opts, eos_id)
         if opts.strategy == "nucleus":
-            probs = _nucleus(scores, opts.top_p, opts.temperature).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tok = _draw(softmax(_nucleus(scores, opts.top_p, opts.temperature)), rng)
         else:
             tok = scores.argmax(-1)
-        logp = scores.log_softmax(-1).gather(1, tok[:, None]).squeeze(1)
-        logp_sum += torch.where(done, 0.0, logp)
-        tok = torch.where(done, pad_id, tok)
-        seqs = torch.cat([seqs, tok[:, None]], dim=1)
+        logp = np.take_along_axis(log_softmax(scores), tok[:, None], 1)[:, 0]
+        logp_sum += np.where(done, np.float32(0), logp)
+        tok = np.where(done, pad_id, tok)
+        seqs = np.concatenate([seqs, tok[:, None]], axis=1)
         done |= tok == eos_id
-        if bool(done.all()) or t + 1 == opts.max_new_tokens:
+        if done.all() or t + 1 == opts.max_new_tokens:
             break
         logits = decoder.step(tok, None)
     out = []
@@ -168,84 +196,50 @@ def _sample(decoder, prompt_ids, opts, eos_id, pad_id):
 def _beam_search(decoder, prompt_ids, opts, eos_id):
     B, P = prompt_ids.shape
     K, lp, max_new = opts.num_beams, opts.length_penalty, opts.max_new_tokens
-    NEG = -1.0e9
+    NEG = np.float32(-1.0e9)
     logits = decoder.start(prompt_ids, group=K)
     V = logits.shape[-1]
-    seqs = prompt_ids.repeat_interleave(K, dim=0)  # [B*K, P + t]
-    running = torch.full((B, K), NEG)
+    seqs = np.repeat(prompt_ids, K, axis=0)  # [B*K, P + t]
+    running = np.full((B, K), NEG)
     running[:, 0] = 0.0  # all beams start identical: only the first may expand
-    fin_scores = torch.full((B, K), NEG)
+    fin_scores = np.full((B, K), NEG)
     fin_tokens: list[list[tuple[int, ...]]] = [[()] * K for _ in range(B)]
-    fin_done = torch.zeros(B, K, dtype=torch.bool)
-    improvable = torch.ones(B, dtype=torch.bool)
-    top_rank = torch.arange(2 * K) < K
+    fin_done = np.zeros((B, K), bool)
+    improvable = np.ones(B, bool)
+    top_rank = np.arange(2 * K) < K
     for t in range(max_new):
-        logp = _process(logits.float().log_softmax(-1), seqs, t, opts, eos_id)
-        cand = (logp.view(B, K, V) + running[:, :, None]).view(B, K * V)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)
+        logp = _process(log_softmax(logits.astype(np.float32, copy=False)), seqs, t, opts, eos_id)
+        cand = (logp.reshape(B, K, V) + running[:, :, None]).reshape(B, K * V)
+        top_scores, top_idx = topk(cand, 2 * K)
         beam, tok = top_idx // V, top_idx % V
         hits = (tok == eos_id) | (t + 1 >= max_new)
         # finished hypotheses: candidates that stop, ranked within the top K, while improvement is possible
         just_done = hits & top_rank[None, :]
-        norm = top_scores / ((t + 1) ** lp)
-        norm = norm + (~just_done | ~improvable[:, None]).float() * NEG
-        merged_scores = torch.cat([fin_scores, norm], dim=1)
-        keep = merged_scores.topk(K, dim=1).indices
-        src_rows = (torch.arange(B)[:, None] * K + beam)  # previous row of each candidate
+        norm = top_scores / np.float32((t + 1) ** lp)
+        norm = norm + (~just_done | ~improvable[:, None]) * NEG
+        merged_scores = np.concatenate([fin_scores, norm], axis=1)
+        fin_scores, keep = topk(merged_scores, K)
+        src_rows = np.arange(B)[:, None] * K + beam  # previous row of each candidate
         new_fin_tokens = []
         for b in range(B):
             pool = fin_tokens[b] + [tuple(seqs[src_rows[b, j], P:].tolist()) + (int(tok[b, j]),) for j in range(2 * K)]
             new_fin_tokens.append([pool[i] for i in keep[b].tolist()])
         fin_tokens = new_fin_tokens
-        fin_done = torch.cat([fin_done, just_done], dim=1).gather(1, keep)
-        fin_scores = merged_scores.gather(1, keep)
+        fin_done = np.take_along_axis(np.concatenate([fin_done, just_done], axis=1), keep, 1)
         # running beams: the best K candidates that did not stop
-        alive = top_scores + hits.float() * NEG
-        nxt = alive.topk(K, dim=1).indices
-        running = alive.gather(1, nxt)
-        rows = src_rows.gather(1, nxt).view(-1)
-        next_tok = tok.gather(1, nxt).view(-1)
-        seqs = torch.cat([seqs.index_select(0, rows), next_tok[:, None]], dim=1)
+        running, nxt = topk(top_scores + hits * NEG, K)
+        rows = np.take_along_axis(src_rows, nxt, 1).reshape(-1)
+        next_tok = np.take_along_axis(tok, nxt, 1).reshape(-1)
+        seqs = np.concatenate([seqs[rows], next_tok[:, None]], axis=1)
         # early stop: can the best running beam still beat the worst finished one?
-        best_possible = running[:, 0] / ((t + 1) ** lp)
-        worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, NEG)
-        improvable &= (best_possible[:, None] > worst).any(dim=1)
-        if not bool(improvable.any()) or bool(hits.all()):
+        best_possible = running[:, 0] / np.float32((t + 1) ** lp)
+        worst = np.where(fin_done, fin_scores.min(axis=1, keepdims=True), NEG)
+        improvable &= (best_possible[:, None] > worst).any(axis=1)
+        if not improvable.any() or hits.all():
             break
         logits = decoder.step(next_tok, rows)
     n = opts.num_return_sequences
     return [[Hypothesis(fin_tokens[b][i], float(fin_scores[b, i])) for i in range(n)] for b in range(B)]
-
-
-class DecoderSession:
-    """A ``StepDecoder`` over one of our text decoders.
-
-    cross_kv: per-layer keys/values [B, h, N, hd] of what the decoder reads (computed once per image
-    or question by ``TextTransformer.cross_kv``); cross_mask: [B, N] padding mask or None.
-    """
-
-    def __init__(self, decoder: TextTransformer, cross_kv: list[KV], cross_mask: torch.Tensor | None = None):
-        self.decoder = decoder
-        self.cross_kv = cross_kv
-        self.cross_mask = cross_mask
-        self.cache = SelfCache(len(decoder.layers))
-
-    def _run(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.decoder(ids, mode="decoder", cross_kv=self.cross_kv, encoder_mask=self.cross_mask, cache=self.cache)
-        return self.decoder.logits(h[:, -1])
-
-    def start(self, prompt_ids: torch.Tensor, group: int) -> torch.Tensor:
-        logits = self._run(prompt_ids)
-        if group > 1:  # every row of an image starts from the same prefix: copy its cache
-            rows = torch.arange(prompt_ids.shape[0]).repeat_interleave(group)
-            self.cache.select(rows)
-            logits = logits.index_select(0, rows)
-        return logits
-
-    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        if rows is not None:
-            self.cache.select(rows)
-        return self._run(tokens[:, None])
 
 
 def with_overrides(opts: DecodingOptions, **kw) -> DecodingOptions:

@@ -63,11 +63,6 @@ def _fused_qkv(attn: TextAttention, scale: float) -> nn.Linear:
     return qkv
 
 
-def kv_shapes(rows: int, heads: int, head_dim: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of one layer's keys and values over ``n`` tokens in these graphs' layout."""
-    return (rows, heads, head_dim, n), (rows, heads, n, head_dim)
-
-
 class _Attention(nn.Module):
     """What the lean attention blocks share: sizes, the trained output projection and residual norm."""
 
@@ -173,4 +168,4 @@ class EncoderGraph(nn.Module):
         return x
 
 
-__all__ = ["CrossKVGraph", "EncoderGraph", "StepGraph", "VisionGraph", "kv_shapes"]
+__all__ = ["CrossKVGraph", "EncoderGraph", "StepGraph", "VisionGraph"]

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BlipConfig
-from .generation import DecoderSession
-from .text import KV, TextTransformer
+from .text import KV, DecoderSession, TextTransformer
 from .vision import VisionTransformer
 
 

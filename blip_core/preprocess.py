@@ -37,14 +37,13 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from numbers import Integral
 from typing import Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps
 
 # Import the decoders we accept so they register themselves in Image.OPEN (cheap, ~15 ms;
@@ -65,8 +64,10 @@ __all__ = [
     "CLIP_STD",
     "MAX_PIXELS",
     "SUPPORTED_FORMATS",
+    "frame_to_array",
     "frame_to_pixels",
     "load_image",
+    "pixel_array",
     "pixel_values",
     "pixel_values_batch",
     "to_rgb",
@@ -93,8 +94,9 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image,
 # Normalisation as one multiply-subtract per element: (x / 255 - mean) / std = x * scale - offset.
 # Computed in float64 and rounded once; differs from transformers' two-step float32 arithmetic
 # by float32 rounding only (~2e-7). Shapes [1, 3, 1, 1] broadcast over [B, 3, S, S].
-_SCALE = torch.tensor([1.0 / (255.0 * s) for s in CLIP_STD], dtype=torch.float64).float().view(1, 3, 1, 1)
-_OFFSET = torch.tensor([m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], dtype=torch.float64).float().view(1, 3, 1, 1)
+_SCALE = np.array([1.0 / (255.0 * s) for s in CLIP_STD], dtype=np.float64).astype(np.float32).reshape(1, 3, 1, 1)
+_OFFSET = np.array([m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], dtype=np.float64).astype(np.float32).reshape(1, 3, 1, 1)
+_SCALE.flags.writeable = _OFFSET.flags.writeable = False
 
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
 _PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # PIL's premultiplied-alpha modes -> straight alpha
@@ -349,7 +351,7 @@ def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
-def pixel_values(source: ImageSource, image_size: int) -> torch.Tensor:
+def pixel_array(source: ImageSource, image_size: int) -> np.ndarray:
     """Preprocess one image like ``BlipImageProcessor(size={"height": S, "width": S})``.
 
     Args:
@@ -357,28 +359,37 @@ def pixel_values(source: ImageSource, image_size: int) -> torch.Tensor:
         image_size: ``S``, the model's input resolution (384 for BLIP base captioning, 480 VQA).
 
     Returns:
-        float32 tensor ``[1, 3, S, S]``, contiguous, CLIP-normalised.
+        float32 array ``[1, 3, S, S]``, contiguous, CLIP-normalised.
     """
     size = _check_image_size(image_size)
-    return _pil_to_pixels(load_image(source), size)
+    return _pil_to_array(load_image(source), size)
 
 
-def pixel_values_batch(sources: Iterable[ImageSource], image_size: int) -> torch.Tensor:
+def pixel_values(source: ImageSource, image_size: int):
+    """:func:`pixel_array` as a torch tensor ``[1, 3, S, S]`` (sharing its memory)."""
+    import torch  # here, not at import: the int8 runtime preprocesses without torch
+
+    return torch.from_numpy(pixel_array(source, image_size))
+
+
+def pixel_values_batch(sources: Iterable[ImageSource], image_size: int):
     """Preprocess several images; ``sources`` is a list (or any iterable) of sources, or a
     ``[B, H, W, 3]`` uint8 array.
 
     Returns:
         float32 tensor ``[B, 3, S, S]``. A bad image raises a BadImageError naming its index.
     """
+    import torch
+
     size = _check_image_size(image_size)
     items = _as_source_list(sources)
-    out = torch.empty(len(items), 3, size, size)  # filled in place: no second copy as with stack
+    out = np.empty((len(items), 3, size, size), np.float32)  # filled in place: no second copy as with stack
     for i, source in enumerate(items):
         try:
-            out[i] = pixel_values(source, size)[0]
+            out[i] = pixel_array(source, size)[0]
         except BadImageError as e:
             raise BadImageError(f"image {i} of the batch: {e}") from e
-    return out
+    return torch.from_numpy(out)
 
 
 def _as_source_list(sources: Iterable[ImageSource]) -> list[ImageSource]:
@@ -407,16 +418,19 @@ def _check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
-def _pil_to_pixels(img: Image.Image, size: int) -> torch.Tensor:
+def _pil_to_array(img: Image.Image, size: int) -> np.ndarray:
     """RGB PIL image -> [1, 3, S, S] float32: PIL bicubic resize (as transformers) + normalise."""
     resized = img.resize((size, size), Image.Resampling.BICUBIC)
-    hwc = np.array(resized)  # [S, S, 3] uint8; a writable copy, as torch.from_numpy wants
-    return _normalize(torch.from_numpy(hwc).permute(2, 0, 1).unsqueeze(0))
+    return _normalize(np.asarray(resized).transpose(2, 0, 1)[None])
 
 
-def _normalize(u8: torch.Tensor) -> torch.Tensor:
-    """[B, 3, S, S] uint8 (any memory layout) -> contiguous [B, 3, S, S] float32, CLIP-normalised."""
-    return u8.to(torch.float32, memory_format=torch.contiguous_format).mul_(_SCALE).sub_(_OFFSET)
+def _normalize(u8: np.ndarray) -> np.ndarray:
+    """[B, 3, S, S] uint8 (any memory layout) -> contiguous [B, 3, S, S] float32, CLIP-normalised
+    (the same two float32 roundings as ``x * scale - offset`` in torch)."""
+    out = np.ascontiguousarray(u8, dtype=np.float32)
+    out *= _SCALE
+    out -= _OFFSET
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,13 +438,14 @@ def _normalize(u8: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def frame_to_pixels(frame: np.ndarray, image_size: int) -> torch.Tensor:
-    """Fast :func:`pixel_values` for a camera frame: ``[H, W, 3]`` uint8 RGB -> ``[1, 3, S, S]``.
+def frame_to_array(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """Fast :func:`pixel_array` for a camera frame: ``[H, W, 3]`` uint8 RGB -> ``[1, 3, S, S]``.
 
-    On x86 CPUs with AVX2/AVX-512 the resize is torch's antialiased bicubic on uint8, a port of
-    PIL's filter with a SIMD kernel; elsewhere (ARM, old x86) it is PIL's resize, because torch's
-    generic kernel is no faster there. Measured on a 2-core Xeon (AVX-512, 2 torch threads),
-    resize + normalise of a synthetic photo-like frame to 384 x 384, best of 40 runs; "max |d|" is
+    On x86 CPUs with AVX2/AVX-512, when torch is loaded (an fp32 model), the resize is torch's
+    antialiased bicubic on uint8, a port of PIL's filter with a SIMD kernel; elsewhere it is PIL's
+    resize: on ARM and old x86 torch's generic kernel is no faster, and an int8 model does not load
+    torch at all (its ~200 MB would cost more than the ~10 ms a 1080p frame saves). Measured on a
+    2-core Xeon (AVX-512, 2 torch threads), resize + normalise of a synthetic photo-like frame to 384 x 384, best of 40 runs; "max |d|" is
     the largest difference to :func:`pixel_values` after normalisation (one 8-bit level = 0.015):
 
         ======================  =====================  =====================
@@ -453,13 +468,13 @@ def frame_to_pixels(frame: np.ndarray, image_size: int) -> torch.Tensor:
 
     ``frame`` is read, not copied, unless it is read-only or has negative strides (e.g. a
     ``[..., ::-1]`` BGR->RGB view), which torch cannot wrap; do not modify it during the call.
-    Other arrays (grey, RGBA) take the :func:`pixel_values` path, which also refuses bad ones.
+    Other arrays (grey, RGBA) take the :func:`pixel_array` path, which also refuses bad ones.
     """
     size = _check_image_size(image_size)
     if not isinstance(frame, np.ndarray):
         raise BadInputError(f"frame_to_pixels expects a numpy array, got {type(frame).__name__}")
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        return _pil_to_pixels(load_image(frame), size)
+        return _pil_to_array(load_image(frame), size)
     what = f"camera frame of shape {frame.shape}"
     if frame.size == 0:
         raise BadImageError(f"{what} is empty: the camera returned no pixels")
@@ -467,25 +482,37 @@ def frame_to_pixels(frame: np.ndarray, image_size: int) -> torch.Tensor:
     return _resize_frame(frame, size)
 
 
-def _resize_frame_torch(frame: np.ndarray, size: int) -> torch.Tensor:
+def frame_to_pixels(frame: np.ndarray, image_size: int):
+    """:func:`frame_to_array` as a torch tensor ``[1, 3, S, S]``."""
+    import torch
+
+    return torch.from_numpy(frame_to_array(frame, image_size))
+
+
+def _resize_frame_torch(frame: np.ndarray, size: int) -> np.ndarray:
     """[H, W, 3] uint8 -> [1, 3, S, S] float32 via torch's uint8 antialiased bicubic."""
+    import torch
+    import torch.nn.functional as F
+
     if not frame.flags.writeable or any(s < 0 for s in frame.strides):
         frame = np.array(frame)  # torch.from_numpy warns on read-only and refuses negative strides
     nchw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # a channels-last view, no copy
     resized = F.interpolate(nchw, size=(size, size), mode="bicubic", antialias=True)
-    return _normalize(resized)
+    return _normalize(resized.numpy())
 
 
-def _resize_frame_pil(frame: np.ndarray, size: int) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [1, 3, S, S] float32 via PIL, identical to :func:`pixel_values`."""
-    return _pil_to_pixels(Image.fromarray(np.ascontiguousarray(frame)), size)
+def _resize_frame_pil(frame: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] uint8 -> [1, 3, S, S] float32 via PIL, identical to :func:`pixel_array`."""
+    return _pil_to_array(Image.fromarray(np.ascontiguousarray(frame)), size)
 
 
 def _has_fast_uint8_resize() -> bool:
     # torch has a SIMD uint8 kernel for antialiased resizing on AVX2 only. With
     # ATEN_CPU_CAPABILITY=default (the generic kernel, as on ARM) it took 13.5 ms per 1080p frame
     # on one thread against PIL's 11 ms, so PIL is the better choice there.
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX")
+    torch = sys.modules.get("torch")  # loaded by an fp32 model; never imported for this alone
+    return torch is not None and torch.backends.cpu.get_cpu_capability().startswith("AVX")
 
 
-_resize_frame = _resize_frame_torch if _has_fast_uint8_resize() else _resize_frame_pil
+def _resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    return (_resize_frame_torch if _has_fast_uint8_resize() else _resize_frame_pil)(frame, size)

@@ -219,3 +219,37 @@ class TextTransformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> vocabulary logits [..., V]."""
         return self.lm_head(hidden, self.embed.tokens.weight)
+
+
+class DecoderSession:
+    """``generation.StepDecoder`` over one of our text decoders, numpy in and out.
+
+    cross_kv: per-layer keys/values [B, h, N, hd] of what the decoder reads (computed once per image
+    or question by ``TextTransformer.cross_kv``) and shared by every step and beam; cross_mask:
+    [B, N] padding mask or None. Only the self-attention cache grows and is reordered.
+    """
+
+    def __init__(self, decoder: TextTransformer, cross_kv: list[KV], cross_mask: torch.Tensor | None = None):
+        self.decoder = decoder
+        self.cross_kv = cross_kv
+        self.cross_mask = cross_mask
+        self.cache = SelfCache(len(decoder.layers))
+
+    def _run(self, ids):
+        with torch.inference_mode():
+            h = self.decoder(torch.as_tensor(ids), mode="decoder", cross_kv=self.cross_kv,
+                             encoder_mask=self.cross_mask, cache=self.cache)
+            return self.decoder.logits(h[:, -1]).float().numpy()
+
+    def start(self, prompt_ids, group: int):
+        logits = self._run(prompt_ids)
+        if group > 1:  # every row of an image starts from the same prefix: copy its cache
+            rows = torch.arange(len(prompt_ids)).repeat_interleave(group)
+            self.cache.select(rows)
+            logits = logits[rows.numpy()]
+        return logits
+
+    def step(self, tokens, rows):
+        if rows is not None:
+            self.cache.select(torch.as_tensor(rows))
+        return self._run(torch.as_tensor(tokens)[:, None])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
@@ -77,9 +77,23 @@ class BlipTokenizer:
         max_length: int = 35,
         padding: Literal["longest", "max_length"] = "longest",
         add_sep: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ):
         """Texts -> (ids, mask), both LongTensor [B, T]: ``<first> pieces... [SEP] [PAD]...``,
         truncated to ``max_length`` tokens (``[SEP]`` kept), right-padded."""
+        import torch  # here, not at import: an int8 model never loads torch (see ``arrays``)
+
+        ids, mask = self.arrays(texts, first, max_length, padding, add_sep)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def arrays(
+        self,
+        texts: str | Sequence[str],
+        first: First = "cls",
+        max_length: int = 35,
+        padding: Literal["longest", "max_length"] = "longest",
+        add_sep: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As calling the tokenizer, with int64 numpy arrays [B, T]."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
@@ -91,10 +105,10 @@ class BlipTokenizer:
                 raise BadInputError(f"expected text, got {type(text).__name__}")
             rows.append([self._first[first]] + self.tokens(text)[:budget] + ([self.sep_id] if add_sep else []))
         width = max_length if padding == "max_length" else max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = r
             mask[i, : len(r)] = 1
         return ids, mask
 

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from blip_core.checkpoints import load_model
-from blip_core.generation import DecoderSession, DecodingOptions, generate
+from blip_core.generation import DecodingOptions, generate
+from blip_core.text import DecoderSession
 from blip_core.metrics import caption_scores, recall_at_k, vqa_accuracy
 from blip_core.models import BlipModel
 from blip_core.tokenizer import BlipTokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import blip_core
-from blip_core import engine
+from blip_core import engine, runtime
 from blip_core.api import Blip
 from blip_core.checkpoints import open_checkpoint
 from blip_core.tokenizer import BlipTokenizer
@@ -38,7 +38,7 @@ def _onnx_fp32(folder, tmp_path) -> Blip:
     """The exported graphs without quantisation: must reproduce the PyTorch model."""
     ck = open_checkpoint(folder)
     engine.convert(ck, tmp_path / "graphs", quantized=False)
-    return Blip(engine.OrtModel(ck.cfg, tmp_path / "graphs", 2), BlipTokenizer(ck.vocab), precision="onnx-fp32")
+    return Blip(runtime.OrtModel(ck.cfg, tmp_path / "graphs", 2), BlipTokenizer(ck.vocab), precision="onnx-fp32")
 
 
 def test_exported_graphs_equal_pytorch(dirs, tmp_path):
@@ -46,7 +46,7 @@ def test_exported_graphs_equal_pytorch(dirs, tmp_path):
         ref, graphs = blip_core.load(folder), _onnx_fp32(folder, tmp_path / task)
         img = _image()
         fr, fg = ref.encode_image(img), graphs.encode_image(img)
-        torch.testing.assert_close(fg.embeds, fr.embeds, atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(fg.embeds), fr.embeds, atol=1e-4, rtol=0)
         if task == "caption":
             for beams in (1, 3):
                 assert graphs.caption(fg, num_beams=beams, max_new_tokens=10).token_ids == \
@@ -65,9 +65,9 @@ def test_exported_graphs_equal_pytorch(dirs, tmp_path):
 def test_int8_runs_every_task_and_stays_close(dirs):
     img = _image(1)
     cap32, cap8 = blip_core.load(dirs["caption"]), blip_core.load(dirs["caption"], precision="int8")
-    assert cap8.precision == "int8" and isinstance(cap8.model, engine.OrtModel)
+    assert cap8.precision == "int8" and isinstance(cap8.model, runtime.OrtModel)
     e32, e8 = cap32.encode_image(img).embeds, cap8.encode_image(img).embeds
-    cos = torch.nn.functional.cosine_similarity(e32.flatten(), e8.flatten(), dim=0)
+    cos = torch.nn.functional.cosine_similarity(e32.flatten(), torch.from_numpy(e8).flatten(), dim=0)
     assert cos > 0.99
     assert cap8.caption(img, num_beams=3, max_new_tokens=6).text is not None
     vqa8 = blip_core.load(dirs["vqa"], precision="int8")
@@ -181,7 +181,7 @@ def test_block_quantised_word_table_looks_up_rows_within_half_a_step():
     onnx.checker.check_model(model)
     ids = np.array([[0, 7, 49], [3, 3, 20]], np.int64)
     opts = ort.SessionOptions()
-    opts.use_per_session_threads = not engine._global_pool_threads  # this process's int8 loads may have made one
+    opts.use_per_session_threads = not runtime._global_pool_threads  # this process's int8 loads may have made one
     got = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     want = table[ids]
     step = np.abs(want.reshape(2, 3, 2, 32)).max(-1, keepdims=True) / 127
@@ -209,11 +209,9 @@ def test_step_graph_is_lean(dirs, tmp_path):
 
 
 def test_sessions_share_an_arena_and_one_thread_pool(dirs):
-    from blip_core import engine
-
-    threads = engine._global_pool_threads if engine._global_pool_threads > 0 else 2  # the pool is sized once
+    threads = runtime._global_pool_threads if runtime._global_pool_threads > 0 else 2  # the pool is sized once
     m = blip_core.load(dirs["caption"], precision="int8", threads=threads, warmup=False)
-    assert engine._global_pool_threads == threads
+    assert runtime._global_pool_threads == threads
     for s in m.model.sessions.values():
         opts = s.get_session_options()
         assert not opts.use_per_session_threads
@@ -223,11 +221,9 @@ def test_sessions_share_an_arena_and_one_thread_pool(dirs):
 def test_a_second_thread_count_shares_the_pool_and_says_so(dirs, caplog):
     import onnxruntime as ort
 
-    from blip_core import engine
-
-    engine._size_global_pool(ort, engine._global_pool_threads if engine._global_pool_threads > 0 else 2)
-    first = engine._global_pool_threads  # sized once per process
-    with caplog.at_level("WARNING", logger="blip_core.engine"):
+    runtime._size_global_pool(ort, runtime._global_pool_threads if runtime._global_pool_threads > 0 else 2)
+    first = runtime._global_pool_threads  # sized once per process
+    with caplog.at_level("WARNING", logger="blip_core.runtime"):
         m = blip_core.load(dirs["caption"], precision="int8", threads=first + 1, warmup=False)
     assert f"share ONNX Runtime's thread pool ({first} threads); threads={first + 1} does not apply" in caplog.text
     assert all(not s.get_session_options().use_per_session_threads for s in m.model.sessions.values())
@@ -279,14 +275,34 @@ ort.InferenceSession(glob.glob({str(cache)!r} + "/int8/*/vision.int8.onnx")[0])
     assert opted_out.stdout.strip().startswith("(")
 
 
+def test_a_converted_int8_model_runs_every_task_without_torch(dirs, cache):
+    """torch is ~200 MB of resident memory: loading converted graphs, preprocessing, decoding
+    and the matching heads must not import it."""
+    for folder in dirs.values():
+        blip_core.load(folder, precision="int8", warmup=False)  # converts (with torch) into the cache
+    done = _fresh_process(f"""
+import sys, numpy as np, blip_core
+img = np.full((48, 48, 3), 128, np.uint8)
+cap, vqa, match = (blip_core.load(d, precision="int8", threads=1) for d in {[str(d) for d in dirs.values()]!r})
+print(cap.caption(img, max_new_tokens=3).token_ids, cap.caption(img, num_beams=3, max_new_tokens=3).token_ids)
+print(vqa.answer(img, "what is it?", max_new_tokens=2).text, vqa.answer(img, "what?", answers=["a", "b"]).text)
+print(match.match(img, ["a dog", "a cat"])[0].itc)
+print("torch loaded:", "torch" in sys.modules)
+""")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("torch loaded: False"), done.stdout
+
+
 def test_changed_export_code_is_a_new_cache_entry(dirs, monkeypatch, tmp_path):
     """The fingerprint covers the export code, so an upgraded engine never reuses stale graphs."""
     ck = open_checkpoint(dirs["caption"])
-    before = engine.fingerprint(ck)
+    before = runtime.fingerprint(ck)
+    files = runtime._code_files()
+    assert {f.name for f in files} == {"engine.py", "graphs.py", "runtime.py"}
     fake = tmp_path / "graphs.py"
-    fake.write_text(open(engine.graphs.__file__).read() + "\n# changed\n")
-    monkeypatch.setattr(engine.graphs, "__file__", str(fake))
-    assert engine.fingerprint(ck) != before
+    fake.write_text(files[1].read_text() + "\n# changed\n")
+    monkeypatch.setattr(runtime, "_code_files", lambda: [files[0], fake, files[2]])
+    assert runtime.fingerprint(ck) != before
 
 
 @pytest.mark.skipif(not os.path.isdir(blip_core.demo_model_path()), reason="demo model not bundled")

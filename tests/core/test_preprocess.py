@@ -425,7 +425,7 @@ def test_pil_global_state_is_untouched(tmp_path):
 def test_fast_path_stays_close_to_pil_path(resize, hw):
     frame = natural_image(*hw)
     reference = P.pixel_values(frame, 384)
-    got = resize(frame, 384)
+    got = torch.from_numpy(resize(frame, 384))
     assert got.shape == (1, 3, 384, 384) and got.dtype == torch.float32 and got.is_contiguous()
     diff = (got - reference).abs()
     # Measured: at most 1 level at 1080p/720p, 2 levels at 640x480 and when enlarging.
@@ -437,7 +437,16 @@ def test_fast_path_stays_close_to_pil_path(resize, hw):
 
 def test_frame_to_pixels_uses_the_chosen_backend():
     frame = natural_image(48, 64)
-    assert torch.equal(P.frame_to_pixels(frame, 32), P._resize_frame(frame, 32))
+    assert torch.equal(P.frame_to_pixels(frame, 32), torch.from_numpy(P._resize_frame(frame, 32)))
+    # torch is loaded here, so x86 with AVX2 takes its resize; without torch, PIL's (never importing it)
+    assert P._has_fast_uint8_resize() == torch.backends.cpu.get_cpu_capability().startswith("AVX")
+
+
+def test_numpy_and_torch_preprocessing_agree_bit_for_bit():
+    frame = natural_image(60, 80)
+    assert np.array_equal(P.pixel_array(frame, 32), P.pixel_values(frame, 32).numpy())
+    assert np.array_equal(P.frame_to_array(frame, 32), P.frame_to_pixels(frame, 32).numpy())
+    assert P.pixel_array(frame, 32).flags.c_contiguous and P.pixel_array(frame, 32).dtype == np.float32
 
 
 def test_frame_to_pixels_read_only_and_strided_frames():
@@ -498,10 +507,10 @@ def test_concurrent_calls_match_sequential(tmp_path):
 
 def test_module_has_no_mutable_caches():
     # Constants only: the normalisation tensors must not be modified in place by any call.
-    scale, offset = P._SCALE.clone(), P._OFFSET.clone()
+    scale, offset = P._SCALE.copy(), P._OFFSET.copy()
     P.pixel_values(natural_image(10, 10), 16)
     P.frame_to_pixels(natural_image(10, 10), 16)
-    assert torch.equal(scale, P._SCALE) and torch.equal(offset, P._OFFSET)
+    assert np.array_equal(scale, P._SCALE) and np.array_equal(offset, P._OFFSET)
     assert isinstance(P.SUPPORTED_FORMATS, tuple) and "JPEG" in P.SUPPORTED_FORMATS
 
 
