@@ -40,3 +40,21 @@ def test_bench_writes_the_report(tmp_path, monkeypatch):
     assert json.loads(out.with_suffix(".json").read_text())["quality"]["trained"]["n"] == 2
     monkeypatch.chdir(tmp_path)  # the committed report names the model relative to the checkout
     assert bench.main(args) == 0 and "trained model `cap`, 2 held-out scenes" in out.read_text()
+
+
+def test_peak_memory_children_report_whether_torch_was_loaded(tmp_path, monkeypatch):
+    """Each configuration's peak RSS comes from its own process; ours int8 runs there as a user's
+    process would, on converted graphs and without torch, while transformers needs it."""
+    import blip_core
+
+    monkeypatch.setenv("BLIPCAM_CACHE", str(tmp_path / "cache"))
+    cap = save_hf(seeded_hf_model("caption", seed=1, width=64, heads=2, text_width=64), tmp_path / "cap")
+    blip_core.load(cap, precision="int8", warmup=False)  # convert once, as the benchmark's timed runs do
+    ours, theirs = bench.peak_rss("ours-int8", cap, 1), bench.peak_rss("transformers-fp32", cap, 1)
+    assert ours["torch_loaded"] is False and theirs["torch_loaded"] is True
+    assert 0 < ours["vmhwm_mb"] < theirs["vmhwm_mb"]
+    report = tmp_path / "b.md"
+    bench.write_report({"rows": [], "rss": {"transformers-fp32": theirs["vmhwm_mb"], "ours-int8": ours["vmhwm_mb"]},
+                        "rss_without_torch": ["ours-int8"], "machine": "m", "threads": 1, "repeats": 1,
+                        "weights": "w", "versions": {"torch": "t", "transformers": "t", "onnxruntime": "o"}}, report)
+    assert "| ours-int8 (torch not loaded) |" in report.read_text()
