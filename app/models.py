@@ -5,8 +5,9 @@ Defaults are the real Salesforce checkpoints, downloaded once to the Hugging Fac
 used instead, with a notice, since it knows only generated scenes. A caption model that can also
 answer questions ("vqa" in ``m.tasks``) serves both, so one encoded image serves both.
 
-blip_core is imported inside functions, never at module import: importing it loads torch, which
-takes seconds on a Pi and must delay neither the window nor a command-line error message.
+blip_core is imported inside functions, never at module import: loading a model takes seconds on a
+Pi (an fp32 model, or an int8 one's first conversion, also imports torch) and must delay neither
+the window nor a command-line error message. A converted int8 model runs without torch.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def short_name(name: str) -> str:
 
 
 def default_loader() -> Loader:
-    """``blip_core.load``, imported on first use (it imports torch: seconds, so in the worker)."""
+    """``blip_core.load``, imported on first use (in the worker: loading takes seconds)."""
     import blip_core
     from blip_core.errors import CheckpointError
 

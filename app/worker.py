@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _is_user_error(e: Exception) -> bool:
-    from blip_core.errors import BlipError  # lazily: blip_core imports torch (see app.models)
+    from blip_core.errors import BlipError  # lazily, as all of blip_core (see app.models)
 
     return isinstance(e, BlipError)
 
@@ -98,7 +98,7 @@ class InferenceWorker(JobThread):
         try:
             if self.engine.loader is None:
                 self._progress(0.0, "starting the model library")
-                self.engine.loader = default_loader()  # imports torch: seconds, hence here
+                self.engine.loader = default_loader()  # imports blip_core: kept off the GUI thread
             self.engine.load_captioner(request, self._progress)
             self.models_changed.emit(self._snapshot_models())
             self.engine.load_answerer(request, self._progress)

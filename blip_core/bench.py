@@ -326,14 +326,17 @@ one ONNX Runtime thread pool for all sessions (with a pool per session, threads 
 a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
 pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions
 (-30 MB peak RSS); an int8 runtime that never imports torch (`blip_core.runtime`: numpy
-preprocessing and decoding; torch alone is ~220 MB resident: peak RSS 666 -> ~480 MB). The Pi 5's Cortex-A76 runs the same int8 kernels with its dot-product
+preprocessing and decoding; torch alone is ~220 MB resident: peak RSS 666 -> 477 MB). The Pi 5's Cortex-A76 runs the same int8 kernels with its dot-product
 instructions.
 
 Run to run, on this shared virtual machine, medians move by up to ~20%: the int8 VQA follow-up
-took 60, 76, 65, 72 and 83 ms in five runs (17.5x to 22.8x) and transformers' caption 1795 to
-2151 ms, although side by side in one process the VQA graphs of the first run and of the next
-two took the same time (71.5 and 72.7 ms); beam 3's
-decoding alone varies between ~0.5 and ~0.8 s within one run. Compare rows of one run."""
+took 60, 76, 65, 72, 83 and 70 ms in six runs and transformers' 1305 to 1676 ms (17.5x to 22.8x),
+transformers' caption 1795 to 2210 ms, although side by side in one process the VQA graphs of
+the first run and of the next two took the same time (71.5 and 72.7 ms); beam 3's
+decoding alone varies between ~0.5 and ~0.8 s within one run. The VQA follow-up is near this
+machine's memory bandwidth (16.5 GB/s read with 2 threads): its 5 decoding steps each read
+~130 MB of int8 weights (7.9 ms at that rate, 8.2 ms measured), the question encoder ~140 MB
+(its weights and the image's cross keys/values), so ~50 ms is its floor here. Compare rows of one run."""
 
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:

@@ -66,7 +66,8 @@ class MatchResult:
 class ImageFeatures:
     """An encoded image, reusable across captions, questions and matches on the same model.
 
-    ``embeds``: float tensor [1, 1 + N, D] (CLS first). ``cache`` holds per-image work derived
+    ``embeds``: float32 [1, 1 + N, D] (CLS first): a torch tensor from an fp32 model, a numpy
+    array from an int8 one. ``cache`` holds per-image work derived
     from it (cross-attention keys/values of each decoder), filled lazily and owned by the model.
     """
 

@@ -54,7 +54,8 @@ def test_peak_memory_children_report_whether_torch_was_loaded(tmp_path, monkeypa
     assert ours["torch_loaded"] is False and theirs["torch_loaded"] is True
     assert 0 < ours["vmhwm_mb"] < theirs["vmhwm_mb"]
     report = tmp_path / "b.md"
-    bench.write_report({"rows": [], "rss": {"transformers-fp32": theirs["vmhwm_mb"], "ours-int8": ours["vmhwm_mb"]},
+    row = {"workload": "w", "config": "ours int8", "median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0, "speedup": 1.0}
+    bench.write_report({"rows": [row], "rss": {"transformers-fp32": theirs["vmhwm_mb"], "ours-int8": ours["vmhwm_mb"]},
                         "rss_without_torch": ["ours-int8"], "machine": "m", "threads": 1, "repeats": 1,
                         "weights": "w", "versions": {"torch": "t", "transformers": "t", "onnxruntime": "o"}}, report)
     assert "| ours-int8 (torch not loaded) |" in report.read_text()
