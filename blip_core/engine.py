@@ -237,7 +237,9 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
                     path.rename(target)
         heads = {k: ck.tensors.get(rename[k]).float().numpy() for k in wanted if k.startswith(HEADS)}
         np.savez(tmp / "heads.npz", **heads)
-        (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION}))
+        source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
+        (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION,
+                                                     "source": source}))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,29 @@ class OrtDecoderSession:
         return self._run(tokens)
 
 
+def _prune_superseded(folder: Path) -> None:
+    """Delete the cache entries that the new one in ``folder`` replaces: conversions of the same
+    checkpoint path for the same tasks by other code or of an older file, and entries of engines
+    before 5, which did not record their checkpoint. Nothing else can reach them, and a BLIP-base
+    conversion is 0.3-0.4 GB (an SD card fills up over a few upgrades). Another process still
+    running one of them is unaffected: its graphs were read at load."""
+    new = json.loads((folder / "config.json").read_text())
+    freed = 0
+    for other in folder.parent.iterdir():
+        if other == folder or other.name.startswith("."):  # ".convert-*": a conversion in progress
+            continue
+        try:
+            meta = json.loads((other / "config.json").read_text())
+        except (OSError, ValueError):  # not an entry of ours
+            continue
+        same = meta.get("source") == new["source"] and meta.get("blipcam") == new["blipcam"]
+        if same or ("source" not in meta and meta.get("engine", ENGINE_VERSION) < 5):
+            freed += sum(f.stat().st_size for f in other.iterdir() if f.is_file())
+            shutil.rmtree(other, ignore_errors=True)
+    if freed:
+        log.info("removed superseded int8 conversions from %s (%.0f MB)", folder.parent, freed / 1e6)
+
+
 def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, progress=None) -> OrtModel:
     """Load ``ck`` as int8 ONNX Runtime graphs, converting (once, cached) if needed."""
     try:
@@ -252,5 +276,6 @@ def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, pro
         except OSError as e:
             raise StorageError(f"cannot write the int8 engine cache in {folder.parent}: {e.strerror or e}; "
                                "free some space or point BLIPCAM_CACHE at a writable folder") from e
+        _prune_superseded(folder)
     ck.report.loaded = len(ck.tensors.keys())
     return OrtModel(ck.cfg, folder, threads)

@@ -84,6 +84,33 @@ def test_conversion_is_cached(dirs, cache, monkeypatch):
     blip_core.load(dirs["caption"], precision="int8")
 
 
+def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
+    import json
+    from pathlib import Path
+
+    root = cache / "int8"
+    root.mkdir(parents=True)
+    ck = open_checkpoint(dirs["caption"])
+    cfg, src = ck.cfg.to_dict(), str(Path(dirs["caption"]).resolve())
+
+    def entry(name, **meta):
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(meta))
+
+    entry("older-code", blipcam=cfg, engine=5, source=src)  # superseded: same checkpoint and tasks
+    entry("before-5", blipcam=cfg, engine=4)  # superseded: no checkpoint recorded, older engine
+    entry("other-tasks", blipcam={**cfg, "tasks": ["caption", "match"]}, engine=5, source=src)
+    entry("other-model", blipcam=cfg, engine=5, source="/elsewhere/model")
+    (root / ".convert-123").mkdir()  # another process converting
+    (root / "not-ours").mkdir()
+    blip_core.load(dirs["caption"], precision="int8", warmup=False)
+    new = runtime.fingerprint(open_checkpoint(dirs["caption"]))
+    assert sorted(p.name for p in root.iterdir()) == sorted([".convert-123", "not-ours", "other-tasks", "other-model", new])
+    assert json.loads((root / new / "config.json").read_text())["source"] == src
+    blip_core.load(dirs["caption"], precision="int8", warmup=False)  # a cached load prunes nothing
+    assert (root / new).is_dir()
+
+
 def test_conversion_holds_one_part_at_a_time(dirs, monkeypatch):
     """No full fp32 copy: when a part is exported, every other part's weights are on 'meta'."""
     seen = []
