@@ -70,19 +70,11 @@ class BlipTokenizer:
         """Word-piece ids of ``text`` without special tokens."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def __call__(
-        self,
-        texts: str | Sequence[str],
-        first: First = "cls",
-        max_length: int = 35,
-        padding: Literal["longest", "max_length"] = "longest",
-        add_sep: bool = True,
-    ):
-        """Texts -> (ids, mask), both LongTensor [B, T]: ``<first> pieces... [SEP] [PAD]...``,
-        truncated to ``max_length`` tokens (``[SEP]`` kept), right-padded."""
-        import torch  # here, not at import: an int8 model never loads torch (see ``arrays``)
+    def __call__(self, texts: str | Sequence[str], **options):
+        """Texts -> (ids, mask), both LongTensor [B, T]; ``options`` as for :meth:`arrays`."""
+        import torch  # here, not at import: an int8 model never loads torch (it uses ``arrays``)
 
-        ids, mask = self.arrays(texts, first, max_length, padding, add_sep)
+        ids, mask = self.arrays(texts, **options)
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def arrays(
@@ -93,7 +85,8 @@ class BlipTokenizer:
         padding: Literal["longest", "max_length"] = "longest",
         add_sep: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """As calling the tokenizer, with int64 numpy arrays [B, T]."""
+        """Texts -> (ids, mask), int64 [B, T]: ``<first> pieces... [SEP] [PAD]...``, truncated to
+        ``max_length`` tokens (``[SEP]`` kept), right-padded."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:

@@ -145,6 +145,16 @@ def test_match(matcher, images):
         matcher.match(images[0], [])
 
 
+def test_tokenizer_tensors_are_its_arrays(matcher):
+    texts = ["a red square", "two green circles on the left of a very long sentence"]
+    for kw in ({"first": "enc"}, {"first": "dec", "max_length": 6, "padding": "max_length", "add_sep": False}):
+        ids, mask = matcher.tokenizer(texts, **kw)
+        a_ids, a_mask = matcher.tokenizer.arrays(texts, **kw)
+        assert ids.dtype == torch.long and a_ids.dtype == np.int64
+        assert np.array_equal(ids.numpy(), a_ids) and np.array_equal(mask.numpy(), a_mask)
+    assert a_ids.shape == (2, 6) and a_ids[0, 0] == matcher.tokenizer.dec_id and a_mask[0].sum() == 4
+
+
 def test_wrong_task_and_foreign_features(captioner, vqa, matcher, images):
     with pytest.raises(WrongTaskError, match="answer"):
         captioner.answer(images[0], "what is it?")
