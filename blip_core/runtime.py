@@ -97,7 +97,7 @@ class OrtModel:
         self.sessions = {}
         for p in sorted(folder.glob("*.int8.onnx")):
             self.sessions[p.name[: -len(".int8.onnx")]] = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-            _release_free_memory()  # after each graph: its transient copy never sits under the next one's
+            release_free_memory()  # after each graph: its transient copy never sits under the next one's
         with np.load(folder / "heads.npz") as heads:  # the matching heads: [out, in] weights, [out] biases
             self.heads = {k: heads[k] for k in heads.files}
 
@@ -181,9 +181,9 @@ def _shared_arena(ort) -> None:
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
 
 
-def _release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc): loading a graph frees a transient copy
-    of its weights that would otherwise stay in the process's resident set."""
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc): loading or converting a graph frees
+    transient copies of its weights that would otherwise stay in the process's resident set."""
     import ctypes
     import ctypes.util
 
