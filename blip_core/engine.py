@@ -43,18 +43,10 @@ from .config import BlipConfig
 from .errors import CheckpointError
 from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
-from .runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, release_free_memory
+from .runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts, release_free_memory
 from .text import TextTransformer
 
 log = logging.getLogger(__name__)
-
-
-def _parts(cfg: BlipConfig) -> list[str]:
-    parts = ["vision"]
-    parts += [p for p, t in (("text_decoder", "caption"), ("answer_decoder", "vqa")) if t in cfg.tasks]
-    if cfg.has_text_encoder:
-        parts.append("text_encoder")
-    return parts
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
@@ -218,7 +210,7 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
-        parts = _parts(ck.cfg)
+        parts = model_parts(ck.cfg)
         for n, part in enumerate(parts):
             if progress:
                 progress(n / len(parts), f"converting to int8 (once): {part}")

@@ -53,6 +53,25 @@ def _code_files() -> list[Path]:
 
 
 # ------------------------------------------------------------------ graph inputs and outputs
+def model_parts(cfg: BlipConfig) -> list[str]:
+    """The parts converted, one or two graphs each (see ``graph_names``)."""
+    parts = ["vision"]
+    parts += [p for p, t in (("text_decoder", "caption"), ("answer_decoder", "vqa")) if t in cfg.tasks]
+    if cfg.has_text_encoder:
+        parts.append("text_encoder")
+    return parts
+
+
+def graph_names(cfg: BlipConfig) -> list[str]:
+    """The graphs a converted model has: the ViT; per text stack its cross keys/values and a
+    decoding step (decoders) or the bidirectional pass (the text encoder)."""
+    names = []
+    for part in model_parts(cfg):
+        last = "step" if part.endswith("decoder") else "encode"
+        names += [part] if part == "vision" else [f"{part}.cross_kv", f"{part}.{last}"]
+    return names
+
+
 def kv_names(prefix: str, L: int) -> list[str]:
     """Names of L layers' keys and values: ``{prefix}_k0, {prefix}_v0, {prefix}_k1, ...``."""
     return [f"{prefix}_{kind}{i}" for i in range(L) for kind in ("k", "v")]
@@ -95,8 +114,9 @@ class OrtModel:
         _shared_arena(ort)
         opts.add_session_config_entry("session.use_env_allocators", "1")
         self.sessions = {}
-        for p in sorted(folder.glob("*.int8.onnx")):
-            self.sessions[p.name[: -len(".int8.onnx")]] = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        for name in graph_names(cfg):
+            path = str(folder / f"{name}.int8.onnx")
+            self.sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             release_free_memory()  # after each graph: its transient copy never sits under the next one's
         with np.load(folder / "heads.npz") as heads:  # the matching heads: [out, in] weights, [out] biases
             self.heads = {k: heads[k] for k in heads.files}
@@ -266,16 +286,31 @@ def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, pro
         ck.cfg = ck.cfg.with_tasks(*tasks)
     ck.report.tasks = ck.cfg.tasks
     folder = cache_root() / "int8" / fingerprint(ck)
-    if not (folder / "config.json").is_file():
-        log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
+    for attempt in (1, 2):
+        if not (folder / "config.json").is_file():
+            _convert(ck, folder, progress)
         try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            from .engine import convert  # needs torch, once per checkpoint
-
-            convert(ck, folder, progress=progress)
-        except OSError as e:
-            raise StorageError(f"cannot write the int8 engine cache in {folder.parent}: {e.strerror or e}; "
-                               "free some space or point BLIPCAM_CACHE at a writable folder") from e
-        _prune_superseded(folder)
+            model = OrtModel(ck.cfg, folder, threads)
+            break
+        except MemoryError:
+            raise
+        except Exception as e:  # a damaged entry (a truncated graph, a lost file): ORT's errors, numpy's
+            if attempt == 2:
+                raise CheckpointError(f"cannot load the int8 graphs converted in {folder}: {e}") from e
+            log.warning("the int8 conversion in %s cannot be loaded (%s); converting again", folder, e)
+            shutil.rmtree(folder, ignore_errors=True)
     ck.report.loaded = len(ck.tensors.keys())
-    return OrtModel(ck.cfg, folder, threads)
+    return model
+
+
+def _convert(ck, folder: Path, progress) -> None:
+    log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        from .engine import convert  # needs torch, once per checkpoint
+
+        convert(ck, folder, progress=progress)
+    except OSError as e:
+        raise StorageError(f"cannot write the int8 engine cache in {folder.parent}: {e.strerror or e}; "
+                           "free some space or point BLIPCAM_CACHE at a writable folder") from e
+    _prune_superseded(folder)

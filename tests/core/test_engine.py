@@ -111,6 +111,30 @@ def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
     assert (root / new).is_dir()
 
 
+@pytest.mark.parametrize("damage", ["truncated graph", "lost heads"])
+def test_a_damaged_conversion_is_converted_again(dirs, cache, caplog, damage):
+    blip_core.load(dirs["match"], precision="int8", warmup=False)
+    folder = cache / "int8" / runtime.fingerprint(open_checkpoint(dirs["match"]))
+    if damage == "truncated graph":
+        graph = folder / "text_encoder.encode.int8.onnx"
+        graph.write_bytes(graph.read_bytes()[:1000])
+    else:
+        (folder / "heads.npz").unlink()
+    with caplog.at_level("WARNING", logger="blip_core.runtime"):
+        m = blip_core.load(dirs["match"], precision="int8", warmup=False)
+    assert "cannot be loaded" in caplog.text and "converting again" in caplog.text
+    assert 0 <= m.match(_image(), ["a dog"])[0].itm <= 1
+
+
+def test_graphs_that_never_load_are_a_clear_error(dirs, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF")
+
+    monkeypatch.setattr(runtime, "OrtModel", broken)
+    with pytest.raises(blip_core.CheckpointError, match="cannot load the int8 graphs converted in .*INVALID_PROTOBUF"):
+        blip_core.load(dirs["caption"], precision="int8", warmup=False)
+
+
 def test_conversion_holds_one_part_at_a_time(dirs, monkeypatch):
     """No full fp32 copy: when a part is exported, every other part's weights are on 'meta'."""
     seen = []
