@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from .checkpoints import Checkpoint, _rename, _set_tensor
-from .config import BlipConfig
 from .errors import CheckpointError
 from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
