@@ -1,4 +1,6 @@
-"""BLIP evaluation preprocessing: image source -> normalised ``pixel_values`` tensor.
+"""BLIP evaluation preprocessing: image source -> normalised pixels ``[1, 3, S, S]``, as a numpy
+array (:func:`pixel_array`, :func:`frame_to_array`: what the int8 runtime uses, without torch) or
+a torch tensor sharing its memory (:func:`pixel_values`, :func:`frame_to_pixels`).
 
 The transform is BLIP's eval transform (and ``transformers.BlipImageProcessor``'s): squash the
 image to ``S x S`` with PIL's bicubic filter (aspect ratio *not* kept, no crop), rescale by 1/255,
