@@ -87,6 +87,21 @@ class TensorSource:
         return cls(shapes, lambda k: torch_handle(owners[k]).get_tensor(k))
 
 
+class _DeferredTensorSource(TensorSource):
+    """A TensorSource made on first use: a ``pytorch_model.bin`` folder opened for its config (as
+    the int8 runtime does on a converted model) never loads the file, nor torch."""
+
+    def __init__(self, make: Callable[[], TensorSource]):
+        self._make = functools.cache(make)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self._make().shapes
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._make().get(key)
+
+
 def _torch_load(path: Path):
     import torch
 
@@ -99,7 +114,7 @@ def _torch_load(path: Path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         hint = ("it holds pickled Python objects that are not loaded for safety; re-save its state_dict"
-                if "weights_only" in str(e) or "Unsupported global" in str(e)
+                if "Unsupported global" in str(e)  # a garbled file fails the weights-only unpickler too
                 else "the file is damaged or not a PyTorch checkpoint; download it again")
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}; {hint}") from e
 
@@ -372,7 +387,10 @@ def _open_folder(folder: Path) -> Checkpoint:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {folder / 'config.json'}: {e}") from e
     kind, files = _weight_files(folder)
-    tensors = TensorSource.from_safetensors(files) if kind == "safetensors" else TensorSource.from_dict(_torch_load(files[0]))
+    if kind == "safetensors":
+        tensors = TensorSource.from_safetensors(files)
+    else:
+        tensors = _DeferredTensorSource(lambda: TensorSource.from_dict(_torch_load(files[0])))
     if "blipcam" in meta:
         cfg = BlipConfig.from_dict(meta["blipcam"])
         return Checkpoint(cfg, tensors, None, _vocab_for(folder, cfg), LoadReport(str(folder), "blipcam"))

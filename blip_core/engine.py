@@ -234,7 +234,7 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
         np.savez(tmp / "heads.npz", **heads)
         source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION,
-                                                     "source": source}))
+                                                     "source": source, "tensors": len(wanted)}))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -299,7 +299,8 @@ def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, pro
                 raise CheckpointError(f"cannot load the int8 graphs converted in {folder}: {e}") from e
             log.warning("the int8 conversion in %s cannot be loaded (%s); converting again", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
-    ck.report.loaded = len(ck.tensors.keys())
+    # the checkpoint's tensors the conversion used (counting them again would read a .bin file)
+    ck.report.loaded = json.loads((folder / "config.json").read_text()).get("tensors", 0)
     return model
 
 

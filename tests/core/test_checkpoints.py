@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import blip_core
 from blip_core import CheckpointError
-from blip_core.checkpoints import TEXT_KEYS, VIT_HF_KEYS, load_model
+from blip_core.checkpoints import TEXT_KEYS, VIT_HF_KEYS, load_model, open_checkpoint
 from tests.core.test_parity import to_salesforce
 from tests.helpers import random_pixels, seeded_hf_model
 
@@ -158,3 +158,17 @@ def test_vqa_pth_at_another_resolution_is_resampled(tmp_path, salesforce_like):
 def _resave(tmp_path, sd):
     torch.save({"model": sd}, tmp_path / "vqa_native.pth")
     return tmp_path / "vqa_native.pth"
+
+
+class _Custom:  # a pickled Python object, as in a training checkpoint saved whole
+    pass
+
+
+def test_unreadable_pth_hints_say_why(tmp_path):
+    garbled, pickled = tmp_path / "garbled.pth", tmp_path / "pickled.pth"
+    garbled.write_bytes(b"not a checkpoint at all")
+    torch.save({"model": {"visual_encoder.cls_token": torch.zeros(1)}, "args": _Custom()}, pickled)
+    with pytest.raises(CheckpointError, match="damaged or not a PyTorch checkpoint"):
+        open_checkpoint(garbled)
+    with pytest.raises(CheckpointError, match="pickled Python objects that are not loaded for safety"):
+        open_checkpoint(pickled)

@@ -326,22 +326,36 @@ ort.InferenceSession(glob.glob({str(cache)!r} + "/int8/*/vision.int8.onnx")[0])
     assert opted_out.stdout.strip().startswith("(")
 
 
-def test_a_converted_int8_model_runs_every_task_without_torch(dirs, cache):
+def _as_pytorch_bin(folder, target):
+    """The same checkpoint as an older Hugging Face folder: ``pytorch_model.bin``, no safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(folder, target)
+    torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    return target
+
+
+def test_a_converted_int8_model_runs_every_task_without_torch(dirs, cache, tmp_path):
     """torch is ~200 MB of resident memory: loading converted graphs, preprocessing, decoding
-    and the matching heads must not import it."""
-    for folder in dirs.values():
+    and the matching heads must not import it, whatever the checkpoint's weight file."""
+    folders = [*dirs.values(), _as_pytorch_bin(dirs["caption"], tmp_path / "bin")]
+    for folder in folders:
         blip_core.load(folder, precision="int8", warmup=False)  # converts (with torch) into the cache
     done = _fresh_process(f"""
 import sys, numpy as np, blip_core
 img = np.full((48, 48, 3), 128, np.uint8)
-cap, vqa, match = (blip_core.load(d, precision="int8", threads=1) for d in {[str(d) for d in dirs.values()]!r})
+cap, vqa, match, cap_bin = (blip_core.load(d, precision="int8", threads=1) for d in {[str(d) for d in folders]!r})
 print(cap.caption(img, max_new_tokens=3).token_ids, cap.caption(img, num_beams=3, max_new_tokens=3).token_ids)
 print(vqa.answer(img, "what is it?", max_new_tokens=2).text, vqa.answer(img, "what?", answers=["a", "b"]).text)
-print(match.match(img, ["a dog", "a cat"])[0].itc)
+print(match.match(img, ["a dog", "a cat"])[0].itc, cap_bin.report.loaded > 0)
+assert cap_bin.caption(img, max_new_tokens=3).token_ids == cap.caption(img, max_new_tokens=3).token_ids
 print("torch loaded:", "torch" in sys.modules)
 """)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("torch loaded: False"), done.stdout
+    assert done.stdout.strip().endswith("True\ntorch loaded: False"), done.stdout
 
 
 def test_changed_export_code_is_a_new_cache_entry(dirs, monkeypatch, tmp_path):
@@ -370,3 +384,12 @@ def test_int8_keeps_a_trained_models_greedy_captions():
         kw = dict(prompt="a picture of ", max_new_tokens=30, min_new_tokens=1)
         same += fp32.caption(img, **kw).text == int8.caption(img, **kw).text
     assert same >= 34, f"{same}/40 identical"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_damaged_pytorch_bin_is_a_clear_error_when_read(dirs, tmp_path, precision):
+    """The .bin is read on first use now, not when the folder is opened: still a CheckpointError."""
+    folder = _as_pytorch_bin(dirs["caption"], tmp_path / "bin")
+    (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(blip_core.CheckpointError, match="pytorch_model.bin.*damaged or not a PyTorch checkpoint"):
+        blip_core.load(folder, precision=precision, warmup=False)
