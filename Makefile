@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,)
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: run test test-fast bench capfilt-experiment demo-model screenshot clean
+.PHONY: run test test-fast bench aarch64-check capfilt-experiment demo-model screenshot clean
 
 $(PY):
 	python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -43,6 +43,11 @@ bench: $(VENV)/.dev-installed
 		tokenizers==0.19.1 huggingface_hub==0.23.4 requests urllib3 idna certifi charset_normalizer \
 		|| echo "could not install transformers 4.41.1; benchmarking without the study's release"
 	$(VENV)/bin/blip bench $$([ -f $(STUDY)/transformers/__init__.py ] && echo --study-transformers $(STUDY))
+
+# The int8 runtime on an emulated Pi 5 CPU (qemu-user, Cortex-A76) against this machine: needs
+# qemu-user-static and debootstrap; correctness only (emulation is slow).
+aarch64-check: $(VENV)/.dev-installed
+	$(PY) scripts/aarch64_check.py
 
 capfilt-experiment: $(VENV)/.dev-installed
 	$(PY) -m training.experiments.capfilt_effect --parallel
