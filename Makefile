@@ -7,7 +7,9 @@ ARCH := $(shell uname -m)
 IS_PI := $(shell grep -qas "Raspberry Pi" /proc/device-tree/model && echo 1)
 VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 # x86_64: the CPU build of torch lies on local disk; a bare `torch` would pull a multi-GB CUDA build.
-TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,)
+# aarch64 (a Pi): PyPI's torch 2.13 aarch64 wheel requires CUDA packages on Linux (cuda-toolkit,
+# cudnn, nccl: gigabytes on an SD card), so take the CPU build from PyTorch's own index.
+TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,$(if $(filter aarch64,$(ARCH)),torch --index-url https://download.pytorch.org/whl/cpu,))
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: run test test-fast bench aarch64-check capfilt-experiment demo-model screenshot clean
@@ -15,7 +17,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 $(PY):
 	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(PIP) --upgrade pip
-	$(if $(TORCH_PIN),$(PIP) "$(TORCH_PIN)",)
+	$(if $(TORCH_PIN),$(PIP) $(TORCH_PIN),)
 	$(if $(IS_PI),$(PIP) "numpy<2",)
 
 $(VENV)/.run-installed: pyproject.toml | $(PY)
