@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+INT8_FORMAT = "blipcam-int8"  # a folder of int8 graphs written by ``blip convert``: no weights to read
 
 
 # ------------------------------------------------------------------ lazy tensors
@@ -386,6 +387,10 @@ def _open_folder(folder: Path) -> Checkpoint:
         raise CheckpointError(f"{folder} has no config.json; is it a model folder?") from e
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {folder / 'config.json'}: {e}") from e
+    if "engine" in meta and "blipcam" in meta:  # converted graphs (``blip convert``), read by the int8 runtime
+        cfg = BlipConfig.from_dict(meta["blipcam"])
+        return Checkpoint(cfg, TensorSource({}, {}.__getitem__), None, _vocab_for(folder, cfg),
+                          LoadReport(str(folder), INT8_FORMAT))
     kind, files = _weight_files(folder)
     if kind == "safetensors":
         tensors = TensorSource.from_safetensors(files)
@@ -486,6 +491,9 @@ def materialize(
     from .vision import resample_pos_embed
 
     report = ck.report
+    if report.format == INT8_FORMAT:
+        raise CheckpointError(f"{report.source} holds int8 graphs (written by blip convert), not weights: "
+                              "load it with precision='int8'")
     if tasks:
         unavailable = [t for t in tasks if t not in ck.cfg.tasks]
         if unavailable:

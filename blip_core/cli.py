@@ -1,4 +1,4 @@
-"""The ``blip`` command: caption, ask, match, bench, export and inspect from a shell.
+"""The ``blip`` command: caption, ask, match, bench, export, convert and inspect from a shell.
 
 User errors (a bad image, an offline hub, a wrong checkpoint) print one line on stderr and exit 2;
 in a batch, the other images are still processed.
@@ -35,6 +35,13 @@ def _load(args, task: str):
         if args.model is None and demo_model_path().exists():
             hint = f" (offline? try --model {demo_model_path()}, the bundled scene-world demo model)"
         raise BlipError(f"{e}{hint}") from e
+
+
+def _local(model: str) -> Path:
+    """A hub id downloaded (once, cached) or a local path, for the commands that read a checkpoint."""
+    from .hub import fetch, looks_like_hub_id
+
+    return fetch(model) if looks_like_hub_id(model) else Path(model).expanduser()
 
 
 def _emit(args, record: dict, line: str) -> None:
@@ -82,16 +89,37 @@ def cmd_match(args) -> int:
 def cmd_export(args) -> int:
     from .checkpoints import export_hf, load_model
 
-    model, tok, report = load_model(args.model)
+    model, tok, report = load_model(_local(args.model))
     out = export_hf(model, args.output, tok, task=args.task)
     print(f"{report.summary()}\nwrote {out}")
     return 0
 
 
-def cmd_info(args) -> int:
-    from .checkpoints import load_model
+def cmd_convert(args) -> int:
+    from .checkpoints import open_checkpoint
+    from .engine import export_int8
 
-    model, _, report = load_model(args.model)
+    ck = open_checkpoint(_local(args.model))
+    out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"wrote {out} ({size:.0f} MB; tasks {'+'.join(ck.cfg.tasks)}): load it with precision='int8' "
+          "(blip --precision int8 --model, blip-cam --model), on any machine with this blipcam release")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoints import INT8_FORMAT, load_model, open_checkpoint
+
+    path = _local(args.model)
+    if open_checkpoint(path).report.format == INT8_FORMAT:
+        from . import load
+
+        m = load(path, precision="int8", warmup=False)
+        cfg = m.cfg
+        print(f"{m.report.summary()}\nint8 graphs; {cfg.vision.image_size}px; vision {cfg.vision.width}x"
+              f"{cfg.vision.layers}, text {cfg.text.width}x{cfg.text.layers}")
+        return 0
+    model, _, report = load_model(path)
     n = sum(p.numel() for p in model.parameters())
     print(f"{report.summary()}\n{n / 1e6:.1f}M parameters; {model.cfg.vision.image_size}px; "
           f"vision {model.cfg.vision.width}x{model.cfg.vision.layers}, text {model.cfg.text.width}x{model.cfg.text.layers}")
@@ -147,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path)
     p.add_argument("--task", choices=("caption", "vqa", "match"), default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="write a checkpoint's int8 graphs to a folder that loads without torch "
+                                       "(e.g. convert on a desktop, run on a Pi)")
+    p.add_argument("model", help="hub id, model folder or .pth")
+    p.add_argument("output", type=Path, help="a new folder")
+    p.add_argument("--task", choices=("caption", "vqa", "match"), action="append",
+                   help="keep only this task (repeatable; default: all the checkpoint has)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="load a checkpoint and print its report")
     p.add_argument("model")

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .checkpoints import Checkpoint, _rename, _set_tensor
-from .errors import CheckpointError
+from .errors import BadInputError, CheckpointError, StorageError
 from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
 from .runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts, release_free_memory
@@ -196,9 +196,10 @@ def block_quantize_word_tables(model, block: int = 32) -> int:
 
 
 # ------------------------------------------------------------------ convert
-def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None) -> None:
+def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None, vocab: bool = False) -> None:
     """Export and quantise every part of ``ck`` into ``folder``, one part's fp32 weights at a time.
-    ``quantized=False`` keeps the fp32 graphs (to test the export apart from quantisation)."""
+    ``quantized=False`` keeps the fp32 graphs (to test the export apart from quantisation);
+    ``vocab`` adds the checkpoint's vocab.txt (a folder of its own, see ``export_int8``)."""
     rename = _rename(ck)
     with torch.device("meta"):
         model = BlipModel(ck.cfg)
@@ -230,6 +231,8 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None)
                     release_free_memory()
                 else:
                     path.rename(target)
+        if vocab:
+            shutil.copyfile(ck.vocab, tmp / "vocab.txt")
         heads = {k: ck.tensors.get(rename[k]).float().numpy() for k in wanted if k.startswith(HEADS)}
         np.savez(tmp / "heads.npz", **heads)
         source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
@@ -254,3 +257,20 @@ def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
         if value.shape != meta.shape:
             raise CheckpointError(f"{rename[name]} has shape {tuple(value.shape)}, the model expects {tuple(meta.shape)}")
         _set_tensor(model, name, value)
+
+
+def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None) -> Path:
+    """``blip convert``: the int8 graphs of ``ck`` (restricted to ``tasks``) in a new ``folder`` with
+    the vocabulary, which ``blip_core.load(folder, precision="int8")`` reads on any machine with
+    the same blipcam release, torch not needed: convert on a desktop, copy to a Pi."""
+    from .runtime import restrict_tasks
+
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise BadInputError(f"{folder} exists and is not an empty folder; choose a new one")
+    restrict_tasks(ck, tasks)
+    try:
+        convert(ck, folder, progress=progress, vocab=True)
+    except OSError as e:
+        raise StorageError(f"cannot write {folder}: {e.strerror or e}") from e
+    return folder

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import INT8_FORMAT
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError
 
@@ -273,35 +274,62 @@ def _prune_superseded(folder: Path) -> None:
         log.info("removed superseded int8 conversions from %s (%.0f MB)", folder.parent, freed / 1e6)
 
 
-def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, progress=None) -> OrtModel:
-    """Load ``ck`` as int8 ONNX Runtime graphs, converting (once, cached) if needed."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise BadInputError("precision='int8' needs onnxruntime: pip install onnxruntime") from e
+def restrict_tasks(ck, tasks: tuple[str, ...] | None) -> None:
+    """Keep only ``tasks`` of checkpoint ``ck`` (all when None); refuse tasks it cannot serve."""
     if tasks:
         unavailable = [t for t in tasks if t not in ck.cfg.tasks]
         if unavailable:
             raise CheckpointError(f"{ck.report.source} has no weights for {', '.join(unavailable)}")
         ck.cfg = ck.cfg.with_tasks(*tasks)
     ck.report.tasks = ck.cfg.tasks
-    folder = cache_root() / "int8" / fingerprint(ck)
-    for attempt in (1, 2):
-        if not (folder / "config.json").is_file():
-            _convert(ck, folder, progress)
-        try:
-            model = OrtModel(ck.cfg, folder, threads)
-            break
-        except MemoryError:
-            raise
-        except Exception as e:  # a damaged entry (a truncated graph, a lost file): ORT's errors, numpy's
-            if attempt == 2:
-                raise CheckpointError(f"cannot load the int8 graphs converted in {folder}: {e}") from e
-            log.warning("the int8 conversion in %s cannot be loaded (%s); converting again", folder, e)
-            shutil.rmtree(folder, ignore_errors=True)
+
+
+def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, progress=None) -> OrtModel:
+    """Load ``ck`` as int8 ONNX Runtime graphs: a folder of them (``blip convert``), or a checkpoint
+    converted once and cached."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise BadInputError("precision='int8' needs onnxruntime: pip install onnxruntime") from e
+    restrict_tasks(ck, tasks)
+    if ck.report.format == INT8_FORMAT:
+        folder, model = Path(ck.report.source), _load_converted(ck, threads)
+    else:
+        folder, model = _load_cached(ck, threads, progress)
     # the checkpoint's tensors the conversion used (counting them again would read a .bin file)
     ck.report.loaded = json.loads((folder / "config.json").read_text()).get("tensors", 0)
     return model
+
+
+def _load_converted(ck, threads: int) -> OrtModel:
+    """A folder written by ``blip convert``: never converted again nor deleted here."""
+    folder = Path(ck.report.source)
+    engine = json.loads((folder / "config.json").read_text()).get("engine")
+    if engine != ENGINE_VERSION:
+        raise CheckpointError(f"{folder} was converted by another blipcam release (int8 engine {engine}; this one "
+                              f"reads {ENGINE_VERSION}): convert the original checkpoint again with blip convert")
+    return _open_graphs(ck.cfg, folder, threads, "; convert the original checkpoint again with blip convert")
+
+
+def _load_cached(ck, threads: int, progress) -> tuple[Path, OrtModel]:
+    folder = cache_root() / "int8" / fingerprint(ck)
+    if (folder / "config.json").is_file():
+        try:
+            return folder, _open_graphs(ck.cfg, folder, threads)
+        except CheckpointError as e:  # a damaged entry (a truncated graph, a lost file)
+            log.warning("%s; converting again", e)
+            shutil.rmtree(folder, ignore_errors=True)
+    _convert(ck, folder, progress)
+    return folder, _open_graphs(ck.cfg, folder, threads)
+
+
+def _open_graphs(cfg: BlipConfig, folder: Path, threads: int, hint: str = "") -> OrtModel:
+    try:
+        return OrtModel(cfg, folder, threads)
+    except MemoryError:
+        raise
+    except Exception as e:  # ORT's errors for a damaged graph, numpy's for damaged heads, a lost file
+        raise CheckpointError(f"cannot load the int8 graphs in {folder}: {e}{hint}") from e
 
 
 def _convert(ck, folder: Path, progress) -> None:

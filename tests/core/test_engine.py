@@ -122,7 +122,7 @@ def test_a_damaged_conversion_is_converted_again(dirs, cache, caplog, damage):
         (folder / "heads.npz").unlink()
     with caplog.at_level("WARNING", logger="blip_core.runtime"):
         m = blip_core.load(dirs["match"], precision="int8", warmup=False)
-    assert "cannot be loaded" in caplog.text and "converting again" in caplog.text
+    assert "cannot load the int8 graphs" in caplog.text and "converting again" in caplog.text
     assert 0 <= m.match(_image(), ["a dog"])[0].itm <= 1
 
 
@@ -131,7 +131,7 @@ def test_graphs_that_never_load_are_a_clear_error(dirs, monkeypatch):
         raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF")
 
     monkeypatch.setattr(runtime, "OrtModel", broken)
-    with pytest.raises(blip_core.CheckpointError, match="cannot load the int8 graphs converted in .*INVALID_PROTOBUF"):
+    with pytest.raises(blip_core.CheckpointError, match="cannot load the int8 graphs in .*INVALID_PROTOBUF"):
         blip_core.load(dirs["caption"], precision="int8", warmup=False)
 
 
@@ -393,3 +393,58 @@ def test_a_damaged_pytorch_bin_is_a_clear_error_when_read(dirs, tmp_path, precis
     (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(blip_core.CheckpointError, match="pytorch_model.bin.*damaged or not a PyTorch checkpoint"):
         blip_core.load(folder, precision=precision, warmup=False)
+
+
+def _without_torch(script: str) -> str:
+    """``script`` in a process where ``import torch`` fails, as on a machine without it."""
+    return """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not installed here")
+sys.meta_path.insert(0, _NoTorch())
+""" + script
+
+
+def test_blip_convert_writes_a_folder_that_runs_without_torch(dirs, cache, tmp_path, capsys):
+    """Convert on one machine, copy the folder, run it where torch is not even installed."""
+    import shutil
+
+    from blip_core import cli
+
+    out = tmp_path / "vqa-int8"
+    assert cli.main(["convert", str(dirs["vqa"]), str(out), "--task", "vqa"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert {"config.json", "vocab.txt", "heads.npz", "vision.int8.onnx", "answer_decoder.step.int8.onnx"} <= \
+        {p.name for p in out.iterdir()}
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "model")  # converted graphs are portable
+    expected = blip_core.load(dirs["vqa"], precision="int8").answer(_image(), "what is it?", max_new_tokens=3).token_ids
+    done = _fresh_process(_without_torch(f"""
+import numpy as np, blip_core
+m = blip_core.load({str(moved)!r}, precision="int8", threads=1)
+img = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+print(m.answer(img, "what is it?", max_new_tokens=3).token_ids, m.report.format, m.report.loaded > 0)
+"""))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [*str(expected).split(), "blipcam-int8", "True"]
+    assert cli.main(["info", str(moved)]) == 0 and "int8 graphs" in capsys.readouterr().out
+
+
+def test_converted_folders_refuse_what_they_cannot_do(dirs, tmp_path, capsys):
+    import json
+
+    from blip_core import cli
+
+    out = tmp_path / "cap-int8"
+    assert cli.main(["convert", str(dirs["caption"]), str(out)]) == 0
+    with pytest.raises(blip_core.CheckpointError, match="holds int8 graphs.*precision='int8'"):
+        blip_core.load(out)  # fp32: there are no weights to read
+    with pytest.raises(blip_core.CheckpointError, match="no weights for vqa"):
+        blip_core.load(out, precision="int8", task="vqa")
+    assert cli.main(["convert", str(dirs["caption"]), str(out)]) == 2  # never over an existing folder
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    meta = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**meta, "engine": meta["engine"] - 1}))
+    with pytest.raises(blip_core.CheckpointError, match="another blipcam release.*blip convert"):
+        blip_core.load(out, precision="int8")
