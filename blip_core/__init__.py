@@ -7,7 +7,7 @@
 
 from pathlib import Path
 
-from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, StorageError,
+from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, MissingTorchError, StorageError,
                      WeightsUnavailableError, WrongTaskError)
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 
@@ -31,7 +31,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "load", "Blip", "demo_model_path", "physical_cores",
-    "BlipError", "BadImageError", "BadInputError", "CheckpointError", "StorageError", "WeightsUnavailableError",
-    "WrongTaskError",
+    "BlipError", "BadImageError", "BadInputError", "CheckpointError", "MissingTorchError", "StorageError",
+    "WeightsUnavailableError", "WrongTaskError",
     "CaptionResult", "AnswerResult", "MatchResult", "ImageFeatures", "Timings",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .checkpoints import LoadReport, materialize, open_checkpoint
 from .config import TASKS
-from .errors import BadInputError, BlipError, WrongTaskError
+from .errors import BadInputError, BlipError, WrongTaskError, import_torch
 from .generation import DecodingOptions, generate, log_softmax, softmax
 from .hub import Progress, fetch, looks_like_hub_id
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
@@ -283,7 +283,7 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
         raise BadInputError("threads must be a positive integer")
     threads = threads or physical_cores()
     if "torch" in sys.modules or precision == "fp32":  # an int8 model alone never loads torch
-        importlib.import_module("torch").set_num_threads(threads)
+        import_torch("precision='fp32'").set_num_threads(threads)
     tasks = _parse_tasks(task)
     source_str = os.fspath(source)
     path = fetch(source_str, progress) if looks_like_hub_id(source_str) else Path(source_str).expanduser()

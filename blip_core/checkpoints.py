@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .config import BlipConfig, TextConfig, VisionConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, import_torch
 from .tokenizer import BERT_VOCAB, BlipTokenizer
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class _DeferredTensorSource(TensorSource):
 
 
 def _torch_load(path: Path):
-    import torch
+    torch = import_torch(f"reading {path}")
 
     try:
         try:

@@ -32,3 +32,25 @@ class WrongTaskError(BlipError):
 
 class StorageError(BlipError):
     """Writing to disk failed (a full disk, a read-only folder); nothing earlier was damaged."""
+
+
+class MissingTorchError(BlipError):
+    """torch is needed (fp32 models, converting to int8, ``.pth``/``.bin`` files) but not installed.
+    Running an int8 model that is already converted never needs it."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what} needs torch, which is not installed: pip install torch (on a Raspberry Pi, the CPU "
+            "build: pip install torch --index-url https://download.pytorch.org/whl/cpu), or convert on "
+            "another machine with blip convert and load that folder with precision='int8'")
+
+
+def import_torch(what: str):
+    """``import torch``, or a MissingTorchError saying what needed it."""
+    try:
+        import torch
+    except ImportError as e:
+        if e.name not in (None, "torch") and not (e.name or "").startswith("torch."):
+            raise  # torch is there but broken: not a user's missing install
+        raise MissingTorchError(what) from e
+    return torch

@@ -21,7 +21,7 @@ import numpy as np
 
 from .checkpoints import INT8_FORMAT
 from .config import BlipConfig
-from .errors import BadInputError, CheckpointError, StorageError
+from .errors import BadInputError, CheckpointError, StorageError, import_torch
 
 log = logging.getLogger(__name__)
 ENGINE_VERSION = 5  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks;
@@ -336,7 +336,8 @@ def _convert(ck, folder: Path, progress) -> None:
     log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        from .engine import convert  # needs torch, once per checkpoint
+        import_torch(f"converting {ck.report.source} to int8 (once)")
+        from .engine import convert
 
         convert(ck, folder, progress=progress)
     except OSError as e:

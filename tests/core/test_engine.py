@@ -448,3 +448,27 @@ def test_converted_folders_refuse_what_they_cannot_do(dirs, tmp_path, capsys):
     (out / "config.json").write_text(json.dumps({**meta, "engine": meta["engine"] - 1}))
     with pytest.raises(blip_core.CheckpointError, match="another blipcam release.*blip convert"):
         blip_core.load(out, precision="int8")
+
+
+def test_without_torch_the_error_says_what_needed_it(dirs, cache, tmp_path):
+    """Where torch is not installed (a Pi given converted folders), what needs it says so; the
+    CLI prints that one line and exits 2."""
+    image = tmp_path / "grey.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(image)
+    done = _fresh_process(_without_torch(f"""
+import blip_core
+from blip_core import cli
+for precision in ("int8", "fp32"):
+    try:
+        blip_core.load({str(dirs["caption"])!r}, precision=precision, warmup=False)
+    except blip_core.MissingTorchError as e:
+        print(precision, "|", e)
+print("cli", cli.main(["caption", {str(image)!r}, "--model", {str(dirs["caption"])!r}, "--precision", "int8"]))
+"""))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("int8 | converting ") and "to int8 (once) needs torch, which is not installed" in lines[0]
+    assert lines[1].startswith("fp32 | precision='fp32' needs torch") and "blip convert" in lines[1]
+    assert lines[2] == "cli 2" and done.stderr.count("blip: error:") == 1 and "needs torch" in done.stderr
