@@ -7,8 +7,10 @@ compare its captions and answers with this machine's, on the same converted grap
 What it checks is correctness, not speed (emulation is ~50x slower than a Pi): that ONNX Runtime's
 aarch64 wheel loads and runs our graphs (dynamic int8 and 8-bit block MatMuls, the block-quantised
 word tables) with the A76's instruction set (``-cpu cortex-a76``: dot products, no i8mm/bf16), and
-without torch. The graphs are converted here as an aarch64 machine would convert them (int8
-compute everywhere, see ``engine._fast_int8_blocks``).
+without torch (none is installed there). The graphs are made here with ``blip convert``'s
+``export_int8``, as an aarch64 machine would convert them (int8 compute everywhere, see
+``engine._fast_int8_blocks``), and both machines load that folder: the "convert on a desktop,
+copy to a Pi" route.
 
 Needs ``qemu-user-static`` and ``debootstrap`` (Debian/Ubuntu: ``apt-get install qemu-user-static
 debootstrap``) and network access to a Debian mirror and PyPI, once: a minimal arm64 Debian
@@ -41,13 +43,13 @@ PI5_CPUINFO = "".join(
     "CPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n" for i in range(4))
 
 
-def probe(n: int) -> dict:
+def probe(folder: str, n: int) -> dict:
     """Greedy and beam captions, answers and a match score on ``n`` held-out scenes (this process's
-    machine), and whether torch was ever imported."""
+    machine) from the converted ``folder``, and whether torch was ever imported."""
     import blip_core
     from blip_core.scenes import render
 
-    m = blip_core.load(blip_core.demo_model_path(), precision="int8", threads=2)
+    m = blip_core.load(folder, precision="int8", threads=2)
     out = {"machine": platform.machine(), "greedy": [], "beam": [], "answer": []}
     for i in range(n):
         f = m.encode_image(render(10_000_000 + i, m.image_size).image)
@@ -98,14 +100,15 @@ def aarch64_site(folder: Path) -> Path:
     return site
 
 
-def convert_as_aarch64(cache: Path) -> None:
-    """Convert the demo model into ``cache`` choosing what an aarch64 machine chooses."""
-    os.environ["BLIPCAM_CACHE"] = str(cache)
+def convert_as_aarch64(folder: Path) -> Path:
+    """``blip convert`` the demo model into ``folder``, choosing what an aarch64 machine chooses."""
     import blip_core
     from blip_core import engine
+    from blip_core.checkpoints import open_checkpoint
 
     engine._fast_int8_blocks = lambda: True  # int8 compute in every block MatMul, as on a Pi
-    blip_core.load(blip_core.demo_model_path(), precision="int8", warmup=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    return engine.export_int8(open_checkpoint(blip_core.demo_model_path()), folder)
 
 
 def compare(here: dict, arm: dict) -> bool:
@@ -120,16 +123,16 @@ def compare(here: dict, arm: dict) -> bool:
     print(f"  match ITC {here['itc']:.4f} vs {arm['itc']:.4f}; torch loaded on aarch64: {arm['torch_loaded']}")
     # other CPUs' kernels round differently, so a near-tied word may flip (as int8 vs fp32 does)
     agree = min(sum(a == b for a, b in zip(here[k], arm[k])) / n for k in ("greedy", "answer"))
-    return not arm["torch_loaded"] and agree >= 0.95 and abs(here["itc"] - arm["itc"]) < 1e-2
+    return not arm["torch_loaded"] and agree >= 0.9 and abs(here["itc"] - arm["itc"]) < 1e-2
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=40)
-    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # the measuring child
+    p.add_argument("--probe", metavar="FOLDER", help=argparse.SUPPRESS)  # the measuring child
     args = p.parse_args()
     if args.probe:
-        print(json.dumps(probe(args.scenes)))
+        print(json.dumps(probe(args.probe, args.scenes)))
         return 0
     missing = [t for t in ("qemu-aarch64-static", "debootstrap", "dpkg-deb") if shutil.which(t) is None]
     if missing:
@@ -139,14 +142,13 @@ def main() -> int:
 
     work = cache_root() / "aarch64-check"
     root, site = debian_root(work / "debian"), aarch64_site(work)
-    graphs = work / "cache"
-    convert_as_aarch64(graphs)
-    env = {**os.environ, "BLIPCAM_CACHE": str(graphs), "PYTHONPATH": str(REPO)}
-    here = json.loads(_run([sys.executable, __file__, "--probe", "--scenes", str(args.scenes)], env=env).stdout)
+    graphs = str(convert_as_aarch64(work / "demo-int8"))
+    probe_args = [__file__, "--probe", graphs, "--scenes", str(args.scenes)]
+    here = json.loads(_run([sys.executable, *probe_args], env={**os.environ, "PYTHONPATH": str(REPO)}).stdout)
     print("running on emulated aarch64 (slow) ...", flush=True)
-    arm_env = {**env, "PYTHONPATH": f"{site}:{REPO}"}
-    arm = json.loads(_run(["qemu-aarch64-static", "-cpu", "cortex-a76", "-L", str(root), str(root / "usr/bin/python3.11"),
-                           __file__, "--probe", "--scenes", str(args.scenes)], env=arm_env).stdout)
+    arm_env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}"}
+    arm = json.loads(_run(["qemu-aarch64-static", "-cpu", "cortex-a76", "-L", str(root),
+                           str(root / "usr/bin/python3.11"), *probe_args], env=arm_env).stdout)
     return 0 if compare(here, arm) else 1
 
 
