@@ -440,6 +440,17 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     raise CheckpointError(f"{path} does not exist")
 
 
+def restrict_tasks(ck: Checkpoint, tasks: tuple[str, ...] | None) -> None:
+    """Keep only ``tasks`` of ``ck`` (all when None); refuse tasks it has no weights for."""
+    if tasks:
+        unavailable = [t for t in tasks if t not in ck.cfg.tasks]
+        if unavailable:
+            raise CheckpointError(f"{ck.report.source} has no weights for {', '.join(unavailable)} "
+                                  f"(it supports: {', '.join(ck.cfg.tasks)})")
+        ck.cfg = ck.cfg.with_tasks(*tasks)
+    ck.report.tasks = ck.cfg.tasks
+
+
 # -------------------------------------------------------------- materialising
 def _rename(ck: Checkpoint) -> dict[str, str]:
     """our key -> source key; fills ``ignored`` and ``unexpected`` in the report."""
@@ -494,13 +505,7 @@ def materialize(
     if report.format == INT8_FORMAT:
         raise CheckpointError(f"{report.source} holds int8 graphs (written by blip convert), not weights: "
                               "load it with precision='int8'")
-    if tasks:
-        unavailable = [t for t in tasks if t not in ck.cfg.tasks]
-        if unavailable:
-            raise CheckpointError(f"{report.source} has no weights for {', '.join(unavailable)} "
-                                  f"(it supports: {', '.join(ck.cfg.tasks)})")
-        ck.cfg = ck.cfg.with_tasks(*tasks)
-    report.tasks = ck.cfg.tasks
+    restrict_tasks(ck, tasks)
     rename = _rename(ck)
     with torch.device("meta"):
         model = BlipModel(ck.cfg)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import Checkpoint, _rename, _set_tensor
+from .checkpoints import Checkpoint, _rename, _set_tensor, restrict_tasks
 from .errors import BadInputError, CheckpointError, StorageError
 from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from .models import BlipModel
@@ -263,8 +263,6 @@ def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = No
     """``blip convert``: the int8 graphs of ``ck`` (restricted to ``tasks``) in a new ``folder`` with
     the vocabulary, which ``blip_core.load(folder, precision="int8")`` reads on any machine with
     the same blipcam release, torch not needed: convert on a desktop, copy to a Pi."""
-    from .runtime import restrict_tasks
-
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise BadInputError(f"{folder} exists and is not an empty folder; choose a new one")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import INT8_FORMAT
+from .checkpoints import INT8_FORMAT, restrict_tasks
 from .config import BlipConfig
 from .errors import BadInputError, CheckpointError, StorageError, import_torch
 
@@ -205,13 +205,21 @@ def _shared_arena(ort) -> None:
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc): loading or converting a graph frees
     transient copies of its weights that would otherwise stay in the process's resident set."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (finding libc runs ldconfig); None elsewhere (macOS, musl)."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class OrtDecoderSession:
@@ -222,12 +230,13 @@ class OrtDecoderSession:
         self.session, self.L = session, t.layers
         self.shape = (t.heads, t.width // t.heads)
         self.cross = dict(zip(kv_names("cross", t.layers), cross_kv))
+        self.past_names = kv_names("past", t.layers)
         self.past: list[np.ndarray] = []
         self.position = 0
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         feed = {"ids": np.asarray(ids, np.int64).reshape(-1, 1), "position": np.array([self.position], np.int64),
-                **dict(zip(kv_names("past", self.L), self.past)), **self.cross}
+                **dict(zip(self.past_names, self.past)), **self.cross}
         logits, *self.past = self.session.run(None, feed)
         self.position += 1
         return logits
@@ -272,16 +281,6 @@ def _prune_superseded(folder: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
     if freed:
         log.info("removed superseded int8 conversions from %s (%.0f MB)", folder.parent, freed / 1e6)
-
-
-def restrict_tasks(ck, tasks: tuple[str, ...] | None) -> None:
-    """Keep only ``tasks`` of checkpoint ``ck`` (all when None); refuse tasks it cannot serve."""
-    if tasks:
-        unavailable = [t for t in tasks if t not in ck.cfg.tasks]
-        if unavailable:
-            raise CheckpointError(f"{ck.report.source} has no weights for {', '.join(unavailable)}")
-        ck.cfg = ck.cfg.with_tasks(*tasks)
-    ck.report.tasks = ck.cfg.tasks
 
 
 def materialize_int8(ck, threads: int, tasks: tuple[str, ...] | None = None, progress=None) -> OrtModel:
