@@ -12,7 +12,7 @@ VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,$(if $(filter aarch64,$(ARCH)),torch --index-url https://download.pytorch.org/whl/cpu,))
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: run test test-fast bench aarch64-check capfilt-experiment demo-model screenshot clean
+.PHONY: run test test-slow soak bench aarch64-check capfilt-experiment demo-model screenshot clean
 
 $(PY):
 	python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -36,6 +36,10 @@ test: $(VENV)/.dev-installed
 
 test-slow: $(VENV)/.dev-installed
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m slow
+
+# The real app, offscreen, at 30 fps for 10 minutes: alive, answering, memory flat (scripts/soak.py).
+soak: $(VENV)/.dev-installed
+	QT_QPA_PLATFORM=offscreen $(PY) scripts/soak.py --seconds 600
 
 # The Pi 5 study's transformers, beside ours (pip --target), for the bench's "vs the study" row;
 # best effort: without wheels for this Python the bench runs without that row.
