@@ -168,3 +168,59 @@ def test_precision_and_threads_reach_the_loader():
     load_captioner(ModelRequest(caption="m"), loader, demo_path=_no_demo)
     assert loader.options[0] == {"precision": "fp32", "threads": 3, "task": None}
     assert loader.options[1]["precision"] == "int8" and loader.options[1]["threads"] >= 1  # one core left for the GUI
+
+
+# --- settings file -------------------------------------------------------------------------------
+
+def _settings_file(tmp_path, section: str, line: str):
+    from app.settings import Settings
+
+    path = tmp_path / "hand-edited.ini"
+    path.write_text(f"[{section}]\n{line}\n", encoding="utf-8")
+    return Settings(path)
+
+
+@pytest.mark.parametrize("key, stored", [
+    ("decoding/max_tokens", "3000000000"),  # overflowed the spin box: the app never started again
+    ("decoding/max_tokens", "-5"),
+    ("decoding/max_tokens", "0"),
+    ("decoding/max_tokens", "20.5"),
+    ("decoding/max_tokens", "twenty"),
+    ("decoding/max_tokens", "20, 30"),  # INI reads comma-separated text as a list
+    ("decoding/max_tokens", "9" * 5000),  # beyond int()'s digit limit
+    ("decoding/strategy", "warp"),
+    ("prompt/mode", "evil"),
+    ("prompt/custom", "x" * 1_000_000),
+    ("prompt/custom", "a, list"),
+    ("captioning/continuous", "maybe"),
+    ("snapshots/folder", "/tmp/" + "d" * 5000),
+    ("window/geometry", "garbage text"),
+    ("window/geometry", "@ByteArray(" + "x" * 100_000 + ")"),
+    ("window/state", "@Variant(\\0\\0\\0\\x7f\\0\\0\\0\\x5QRect)"),
+])
+def test_invalid_settings_fall_back_to_the_default_and_are_logged(tmp_path, caplog, key, stored):
+    from app.settings import DEFAULTS
+
+    section, name = key.split("/")
+    settings = _settings_file(tmp_path, section, f"{name}={stored}")
+    with caplog.at_level("WARNING", logger="app.settings"):
+        assert settings.get(key) == DEFAULTS[key]
+    assert f"{key} = " in caplog.text and "using the default" in caplog.text
+    assert len(caplog.text) < 1000  # a megabyte of junk is not copied into the log
+
+
+@pytest.mark.parametrize("key, value", [
+    ("decoding/max_tokens", 1), ("decoding/max_tokens", 60), ("decoding/strategy", "nucleus"),
+    ("prompt/mode", "custom"), ("prompt/custom", "a drawing, in ink, of "), ("captioning/continuous", False),
+    ("snapshots/folder", "/home/me/Pictures/blip cam, 2024"), ("window/geometry", b"\x01\xd9\xd0\xcb" + bytes(62)),
+])
+def test_valid_settings_round_trip(tmp_path, caplog, key, value):
+    from app.settings import Settings
+
+    writer = Settings(tmp_path / "s.ini")
+    writer.set(key, value)
+    writer.sync()
+    with caplog.at_level("WARNING", logger="app.settings"):
+        assert Settings(tmp_path / "s.ini").get(key) == value
+    assert caplog.text == ""
+
