@@ -13,7 +13,7 @@ import time
 
 from PySide6.QtCore import QThread, Signal
 
-from app.sources.base import Frame, FrameSource
+from app.sources.base import Frame, FrameSource, SourceError, shown
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between reopen attempts; the last one repeats
 
@@ -60,16 +60,20 @@ class FpsMeter:
 
 class CaptureThread(QThread):
     """Runs ``source`` until ``shutdown()``. Signals: ``frame_available`` (take it from
-    ``mailbox``), ``status(message, ok)`` on open / loss / recovery."""
+    ``mailbox``), ``status(message, ok)`` on open / loss / recovery, and ``failing(message,
+    failures)`` on each failed open or empty read, with the number of failures since the last
+    frame (a headless run gives up after a few; the GUI keeps retrying and shows the message).
+    """
 
     frame_available = Signal()
     status = Signal(str, bool)
+    failing = Signal(str, int)
 
-    def __init__(self, source: FrameSource, retry_delays: tuple[float, ...] = RETRY_DELAYS, parent=None):
+    def __init__(self, source: FrameSource, retry_delays: tuple[float, ...] | None = None, parent=None):
         super().__init__(parent)
         self.setObjectName("capture")
         self.source = source
-        self.retry_delays = retry_delays
+        self.retry_delays = RETRY_DELAYS if retry_delays is None else retry_delays
         self.mailbox = FrameMailbox()
         self.frames_captured = 0
         self._stop = threading.Event()
@@ -81,6 +85,8 @@ class CaptureThread(QThread):
             self.wait()
 
     def run(self) -> None:
+        # failures count since the last frame, not since the last open: a file that opens but
+        # never decodes (or a camera that opens and then gives nothing) is still failing
         source, fps = self.source, FpsMeter()
         is_open, failures, next_due = False, 0, 0.0
         try:
@@ -90,14 +96,13 @@ class CaptureThread(QThread):
                         source.open()
                     except Exception as e:
                         failures += 1
-                        self._retry_wait(f"{source.name}: {e}", failures)
+                        self._retry_wait(f"{source.name}: {_reason(e)}", failures)
                         continue
                     is_open, next_due = True, time.monotonic()
                     fps.reset()
                     again = " again" if failures else ""
                     notice = f" ({source.notice})" if source.notice else ""
-                    self.status.emit(f"{source.name}: running{again}{notice}", True)
-                    failures = 0
+                    self.status.emit(shown(f"{source.name}: running{again}{notice}"), True)
                 if source.interval:  # files/folders/generators: pace to their rate, not as fast as possible
                     if self._stop.wait(max(0.0, next_due - time.monotonic())):
                         break
@@ -108,13 +113,14 @@ class CaptureThread(QThread):
                         meta = source.read_meta()
                     reason = source.end_message
                 except Exception as e:
-                    image, reason = None, f"{type(e).__name__}: {e}"
+                    image, reason = None, _reason(e)
                 if image is None:
                     self._close(source)
                     is_open = False
                     failures += 1
                     self._retry_wait(f"{source.name}: {reason}", failures)
                     continue
+                failures = 0
                 image.flags.writeable = False  # shared by preview, worker and snapshots: never edited
                 now = time.monotonic()
                 self.frames_captured += 1
@@ -125,7 +131,9 @@ class CaptureThread(QThread):
             self._close(source)
 
     def _retry_wait(self, message: str, failures: int) -> None:
+        message = shown(message)
         delay = self.retry_delays[min(failures, len(self.retry_delays)) - 1] if self.retry_delays else 0.0
+        self.failing.emit(message, failures)
         self.status.emit(f"{message} — retrying in {delay:g} s", False)
         self._stop.wait(delay)
 
@@ -135,3 +143,8 @@ class CaptureThread(QThread):
             source.close()
         except Exception:  # a dead device may fail to close; we are abandoning it anyway
             pass
+
+
+def _reason(error: Exception) -> str:
+    """A source's own errors are written to be read as they are; anything else keeps its type."""
+    return str(error) if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"

@@ -6,12 +6,18 @@ Argument errors print one line on stderr and exit with status 2, like ``blip``'s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
-from app.sources.base import SOURCE_HELP, SourceSpec, parse_source_spec
+from app.sources.base import SOURCE_HELP, SourceSpec, is_utf8, parse_source_spec, shown
+
+MAX_THREADS = 256
+# pacing faster than 100 images a second only burns the CPU; an hour apart is a still image already
+# (and an infinite interval would overflow the capture thread's wait)
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 3600.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqa-model", metavar="ID_OR_PATH",
                    help=f"question-answering checkpoint, or 'none' (default: {DEFAULT_VQA_MODEL}; unused when the caption model answers too)")
     p.add_argument("--precision", choices=PRECISIONS, default="int8", help="weights: int8 (fast on CPU, default) or fp32")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: physical cores minus one, leaving one for the preview)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference, up to 4 per CPU (default: physical cores minus one, leaving one for the preview)")
     p.add_argument("--interval", type=float, default=3.0, metavar="SECONDS",
                    help="seconds per image for folder: and scenes sources (default: 3)")
     p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go (default: the saved choice, else ~/Pictures/blip-cam)")
@@ -51,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-after-captions", type=int, metavar="N",
                    help="print the first N captions to stdout, one per line, then exit 0 (checks an install; works offscreen)")
     return p
+
+
+def max_threads() -> int:
+    """The most inference threads worth asking for: 4 per CPU, at most MAX_THREADS (beyond that a
+    thread pool only thrashes; 100000 threads hang the machine)."""
+    return min(MAX_THREADS, 4 * (os.cpu_count() or 1))
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:
@@ -61,14 +73,22 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
         source = parse_source_spec(args.source)
     except ValueError as e:
         parser.error(str(e))
-    if args.model and (args.caption_model or args.vqa_model):
+    if args.model is not None and (args.caption_model is not None or args.vqa_model is not None):
         parser.error("--model sets both models; do not combine it with --caption-model/--vqa-model")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+    for option in ("model", "caption_model", "vqa_model"):
+        value = getattr(args, option)
+        if value is not None and not value.strip():
+            parser.error(f"--{option.replace('_', '-')} is empty; give a model id or path (or leave the option out)")
+    if args.threads is not None and not 1 <= args.threads <= max_threads():
+        parser.error(f"--threads must be in [1, {max_threads()}] (4 per CPU, at most {MAX_THREADS}), "
+                     f"got {args.threads}")
     if args.exit_after_captions is not None and args.exit_after_captions < 1:
         parser.error(f"--exit-after-captions must be at least 1, got {args.exit_after_captions}")
-    if not args.interval > 0:
-        parser.error(f"--interval must be positive, got {args.interval}")
+    if not MIN_INTERVAL <= args.interval <= MAX_INTERVAL:
+        parser.error(f"--interval must be in [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}] seconds, got {args.interval:g}")
+    if args.settings is not None and not is_utf8(str(args.settings)):
+        # Qt would silently drop the undecodable bytes and use another file
+        parser.error(f"--settings path {shown(str(args.settings))} is not valid UTF-8, which Qt cannot open; rename it")
     if args.model:
         caption, vqa = args.model, args.model
     else:

@@ -22,17 +22,25 @@ def _has_display() -> bool:
 
 
 class ExitAfterCaptions:
-    """Prints each caption the window shows; after ``n`` of them (or a model failure) closes
-    the window, which joins the threads, and quits the event loop."""
+    """Prints each caption the window shows; after ``n`` of them closes the window, which joins
+    the threads, and quits the event loop (status 0). A model failure, or a source that has
+    failed ``max_source_failures`` times in a row (a camera that is not there, a folder with
+    nothing readable, a file that is not a video), ends the run the same way with status 1 and
+    the reason on ``err``: a self-check must end, where the GUI would keep retrying."""
+
+    max_source_failures = 5  # with capture.RETRY_DELAYS: gives up ~8.5 s after the first failure
 
     def __init__(self, window, n: int, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-                 quit: Callable[[], None] | None = None):
+                 quit: Callable[[], None] | None = None, max_source_failures: int | None = None):
         self.window, self.n, self.out, self.err, self.quit = window, n, out, err, quit
+        if max_source_failures is not None:
+            self.max_source_failures = max_source_failures
         self.count = 0
         self.exit_code: int | None = None
         window.set_continuous(True, persist=False)
         window.caption_shown.connect(self._on_caption)
         window.models_failed.connect(self._on_failed)
+        window.capture.failing.connect(self._on_source_failing)
 
     def _on_caption(self, outcome) -> None:
         if self.exit_code is not None:
@@ -41,6 +49,10 @@ class ExitAfterCaptions:
         print(" ".join(outcome.text.split()), file=self.out, flush=True)  # one caption, one line
         if self.count >= self.n:
             self._finish(0)
+
+    def _on_source_failing(self, message: str, failures: int) -> None:
+        if failures >= self.max_source_failures:
+            self._on_failed(f"{message} (gave up after {failures} attempts)")
 
     def _on_failed(self, message: str) -> None:
         if self.exit_code is None:

@@ -53,7 +53,9 @@ class FrameSource:
     name = "source"
     interval: float | None = None
     notice = ""  # a caveat to show while this source runs (e.g. "no camera found: scenes")
-    end_message = "no frame: the camera stopped or was unplugged"  # what a None from read means
+    # what a None from read means, shown after the source's name; sources that know better say
+    # more (a camera: "stopped or was unplugged"; a video: "end of the video"; a folder: what it skipped)
+    end_message = "no frame: the source delivered nothing"
 
     def open(self) -> None:
         """Acquire the device or files; raise SourceError with a readable message on failure."""
@@ -67,6 +69,25 @@ class FrameSource:
 
     def close(self) -> None:
         """Release the device. Must be safe to call twice and after a failed open."""
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (a file name or argument decoded by Python
+    with ``surrogateescape``): Qt drops those characters and OpenCV crashes on them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """``text`` safe to show: bytes that were not UTF-8 appear as ``\\xNN`` rather than vanish."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that never was a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def as_rgb_frame(image: np.ndarray) -> np.ndarray:
@@ -129,6 +150,8 @@ def parse_source_spec(text: str, *, check_paths: bool = True) -> SourceSpec:
     if not arg:
         raise ValueError(f"source {kind!r} needs a path: {kind}:PATH")
     if kind == "file":
+        if not is_utf8(arg):  # OpenCV takes only UTF-8 text: refuse here rather than crash later
+            raise ValueError(f"video path {shown(arg)} is not valid UTF-8, which OpenCV cannot open; rename the file")
         if check_paths and not arg.lower().startswith(_URL_SCHEMES) and not os.path.isfile(arg):
             raise ValueError(f"video file not found: {arg}")
         return SourceSpec("file", arg)

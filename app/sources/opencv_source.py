@@ -7,9 +7,11 @@ PySide6 (picamera2 #251/#1036).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from app.sources.base import FrameSource, SourceError, as_rgb_frame
+from app.sources.base import FrameSource, SourceError, as_rgb_frame, is_utf8
 
 
 class OpenCVSource(FrameSource):
@@ -27,20 +29,27 @@ class OpenCVSource(FrameSource):
         self.name = f"webcam {target}" if self.is_camera else f"video {target}"
         self._size = (width, height)
         self._cap = None
+        self._frames = 0  # frames read since the last open: none at all means the file is not a video
         self.interval = None
-        if not self.is_camera and not self.is_stream:
-            self.end_message = "end of the video"
-        elif self.is_stream:
-            self.end_message = "the stream stopped"
+
+    @property
+    def end_message(self) -> str:  # type: ignore[override]
+        if self.is_camera:
+            return "no frame: the camera stopped or was unplugged"
+        if self.is_stream:
+            return "the stream stopped"
+        return "end of the video" if self._frames else "no frame could be decoded: not a video OpenCV can read"
 
     def open(self) -> None:
+        if not self.is_camera and not is_utf8(self.target):
+            # cv2.VideoCapture crashes the process (SIGSEGV) on such a str
+            raise SourceError("the path is not valid UTF-8, which OpenCV cannot open; rename the file")
         import cv2  # imported here so listing sources does not load OpenCV
 
         cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
             cap.release()
-            what = "camera" if self.is_camera else "video"
-            raise SourceError(f"cannot open {what} {self.target}")
+            raise SourceError(self._open_failure())
         if self.is_camera and self._size[0]:
             # a modest size: BLIP sees 384x384 anyway and the preview stays cheap on a Pi
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._size[0])
@@ -48,7 +57,17 @@ class OpenCVSource(FrameSource):
         if not self.is_camera and not self.is_stream:
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.interval = 1.0 / fps if 1.0 <= fps <= 240.0 else 1.0 / 25.0
-        self._cap = cap
+        self._cap, self._frames = cap, 0
+
+    def _open_failure(self) -> str:
+        """Why ``VideoCapture`` did not open, as far as we can tell (OpenCV only says no)."""
+        if self.is_camera:
+            return "could not be opened (no such camera, or another program is using it)"
+        if self.is_stream:
+            return "could not connect to the stream"
+        if not os.path.isfile(self.target):
+            return "no such file"
+        return "not a video OpenCV can read"
 
     def read(self) -> np.ndarray | None:
         import cv2
@@ -58,6 +77,7 @@ class OpenCVSource(FrameSource):
         ok, bgr = self._cap.read()
         if not ok or bgr is None:
             return None
+        self._frames += 1
         if bgr.ndim == 2:
             return as_rgb_frame(bgr)
         # OpenCV hands out BGR; everything downstream (PIL, BLIP, Qt RGB888) wants RGB

@@ -17,7 +17,9 @@ from PIL import Image
 from app.cli import parse_args
 from app.main import ExitAfterCaptions
 from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, demo_model_path
+from app.sources import OpenCVSource
 from app.sources.base import SourceSpec
+from app_fakes import FakeSource
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -42,9 +44,15 @@ def test_model_shortcut_and_options(tmp_path):
     (["--source", "usb"], "unknown source"),
     (["--source", "folder:/no/such/dir"], "not found"),
     (["--precision", "fp16"], "invalid choice"),
-    (["--threads", "0"], "at least 1"),
+    (["--threads", "0"], "--threads must be in [1, "),
+    (["--threads", "100000"], "--threads must be in [1, "),  # hung the machine
     (["--exit-after-captions", "0"], "at least 1"),
-    (["--interval", "-1"], "positive"),
+    (["--interval", "-1"], "--interval must be in [0.01, 3600] seconds"),
+    (["--interval", "inf"], "--interval must be in"),  # overflowed the capture thread's wait
+    (["--interval", "nan"], "--interval must be in"),
+    (["--model", ""], "--model is empty"),  # silently loaded the default model
+    (["--caption-model", ""], "--caption-model is empty"),
+    (["--vqa-model", "  "], "--vqa-model is empty"),
     (["--model", "a", "--vqa-model", "b"], "do not combine"),
     (["--bogus"], "unrecognized arguments"),
 ])
@@ -65,6 +73,17 @@ def _run(args, tmp_path, code=None, timeout=90):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def test_threads_bound_follows_the_cpu_count(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert parse_args(["--threads", "8"]).models.threads == 8
+    with pytest.raises(SystemExit):
+        parse_args(["--threads", "9"])
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    assert parse_args(["--threads", "256"]).models.threads == 256
+    with pytest.raises(SystemExit):
+        parse_args(["--threads", "257"])
+
+
 def test_bad_argument_in_a_real_process(tmp_path):
     result = _run(["--source", "nonsense"], tmp_path)
     assert result.returncode == 2 and result.stdout == ""
@@ -81,6 +100,11 @@ from app_fakes import FakeLoader
 app.models.demo_model_path = lambda: None  # deterministic whether or not the demo model is installed
 sys.exit(main(sys.argv[1:], loader=FakeLoader(unavailable={{"missing://model"}})))
 """
+
+
+# capture retries every 10 ms instead of after 0.5, 1, 2, 5 s: a source that never comes back
+# gives up (5 attempts) in well under a second
+FAST_RETRIES = "import app.capture\napp.capture.RETRY_DELAYS = (0.01,)\n"
 
 
 @pytest.fixture
@@ -115,6 +139,64 @@ def test_exit_after_captions_in_process(qtbot, make_window, fake_loader):
     qtbot.waitUntil(lambda: checker.exit_code is not None, timeout=5000)
     assert checker.exit_code == 0 and not window.isVisible()
     assert out.getvalue().splitlines() == ["a picture of a red scene"] * 2
+
+
+def test_exit_after_captions_gives_up_on_an_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(["--source", f"folder:{empty}", "--model", "fake://blip", "--exit-after-captions", "1"],
+                  tmp_path, code=FAST_RETRIES + FAKE_MAIN, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert re.fullmatch(rf"blip-cam: error: folder {re.escape(str(empty))}: .*\(gave up after 5 attempts\)\n",
+                        result.stderr), result.stderr
+
+
+def test_a_folder_with_a_non_utf8_name_works(tmp_path, colour_folder):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    colour_folder.rename(folder)
+    result = _run(["--source", f"folder:{folder}", "--interval", "0.1", "--model", "fake://blip",
+                   "--exit-after-captions", "1"], tmp_path, code=FAKE_MAIN)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"a picture of a (red|green|blue) scene\n", result.stdout)
+
+
+@pytest.mark.parametrize("make_source, message", [
+    (lambda tmp: OpenCVSource(99), "webcam 99: could not be opened"),
+    (lambda tmp: OpenCVSource(str(_garbage(tmp / "garbage.mp4"))), "garbage.mp4: not a video OpenCV can read"),
+    (lambda tmp: OpenCVSource(str(_frameless_avi(tmp / "frameless.avi"))),
+     "frameless.avi: no frame could be decoded: not a video OpenCV can read"),
+    (lambda tmp: FakeSource(script={n: "none" for n in range(1, 10**6)}), "fake camera: no frame"),
+])
+def test_exit_after_captions_gives_up_on_a_source_that_never_comes_back(qtbot, make_window, fake_loader, tmp_path,
+                                                                        make_source, message):
+    window = make_window(make_source(tmp_path), loader=fake_loader, retry_delays=(0.01,), start=False)
+    out, err = io.StringIO(), io.StringIO()
+    checker = ExitAfterCaptions(window, 1, out, err)  # before start(), as main() does
+    window.start()
+    qtbot.waitUntil(lambda: checker.exit_code is not None, timeout=5000)
+    assert checker.exit_code == 1 and not window.isVisible() and out.getvalue() == ""
+    assert err.getvalue().startswith("blip-cam: error: ") and message in err.getvalue()
+    assert err.getvalue().endswith("(gave up after 5 attempts)\n") and err.getvalue().count("\n") == 1
+
+
+def test_the_window_keeps_retrying_and_shows_why(qtbot, make_window, fake_loader):
+    source = FakeSource(open_failures=10**6)
+    window = make_window(source, loader=fake_loader, retry_delays=(0.01,))
+    qtbot.waitUntil(lambda: source.opens > 2 * ExitAfterCaptions.max_source_failures, timeout=5000)
+    assert window.isVisible() and window.capture.isRunning()
+    assert window.source_label.text().startswith("fake camera: fake camera not connected — retrying")
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(bytes(range(256)) * 20)
+    return path
+
+
+def _frameless_avi(path: Path) -> Path:
+    import cv2
+
+    cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48)).release()
+    return path
 
 
 @pytest.mark.skipif(demo_model_path() is None, reason="needs blip_core.load and the bundled demo model")

@@ -3,6 +3,8 @@ folders, scenes, and a camera that fails, disappears and comes back."""
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 from app.capture import CaptureThread, FpsMeter, FrameMailbox
 from app.sources import FolderSource, OpenCVSource, ScenesSource, make_source, parse_source_spec
-from app.sources.base import Frame
+from app.sources.base import Frame, SourceError
 from app_fakes import FakeSource
 
 
@@ -58,9 +60,86 @@ def test_opencv_video_is_rgb_and_ends_with_none(short_video):
     assert frames[0].shape == (48, 64, 3) and frames[0].dtype == np.uint8
 
 
-def test_opencv_missing_device_raises_readable_error(tmp_path):
-    with pytest.raises(Exception, match="cannot open video"):
-        OpenCVSource(str(tmp_path / "missing.avi")).open()
+@pytest.fixture
+def frameless_video(tmp_path):
+    """A well-formed AVI that OpenCV opens but that holds no frame."""
+    path = tmp_path / "frameless.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
+    writer.release()
+    return path
+
+
+def _garbage_video(tmp_path):
+    path = tmp_path / "garbage.mp4"
+    path.write_bytes(bytes(range(256)) * 20)
+    return path
+
+
+@pytest.mark.parametrize("make_target, message", [
+    (lambda tmp: str(tmp / "missing.avi"), "no such file"),
+    (lambda tmp: str(_garbage_video(tmp)), "not a video OpenCV can read"),
+    (lambda tmp: 99, "could not be opened (no such camera"),
+])
+def test_opencv_open_failures_say_what_is_wrong(tmp_path, make_target, message):
+    with pytest.raises(SourceError) as exc:
+        OpenCVSource(make_target(tmp_path)).open()
+    assert str(exc.value).startswith(message)
+
+
+def test_a_video_without_frames_is_not_called_an_ended_video(frameless_video, short_video):
+    empty, good = OpenCVSource(str(frameless_video)), OpenCVSource(str(short_video))
+    for source in (empty, good):
+        source.open()
+        while source.read() is not None:
+            pass
+        source.close()
+    assert empty.end_message == "no frame could be decoded: not a video OpenCV can read"
+    assert good.end_message == "end of the video"
+    assert OpenCVSource(0).end_message == "no frame: the camera stopped or was unplugged"
+
+
+def test_non_utf8_video_paths_are_refused_before_opencv_sees_them(tmp_path):
+    # cv2.VideoCapture segfaults on a str holding surrogate escapes; the whole app would die
+    path = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.avi")
+    with pytest.raises(SourceError, match="not valid UTF-8"):
+        OpenCVSource(path).open()
+    with pytest.raises(ValueError, match=r"caf\\xe9\.avi is not valid UTF-8"):
+        parse_source_spec(f"file:{path}", check_paths=False)
+
+
+def test_failures_count_until_a_frame_arrives_not_until_an_open(qtbot, capture_factory):
+    """A source that opens and then gives nothing is failing as surely as one that does not open:
+    a headless run must see the count grow (it was reset at every successful open)."""
+    source = FakeSource(script={n: "none" for n in range(1, 5)}, open_failures=1)
+    thread = capture_factory(source, retry_delays=(0.01,))
+    failing = []
+    thread.failing.connect(lambda message, failures: failing.append((message, failures)))
+    thread.start()
+    qtbot.waitUntil(lambda: thread.frames_captured >= 2, timeout=5000)
+    # open fails (1), then 4 opens each read None (2..5), then frames flow
+    assert [n for _, n in failing] == [1, 2, 3, 4, 5]
+    assert failing[0][0] == "fake camera: fake camera not connected"  # a SourceError is shown as it is
+    assert failing[1][0] == "fake camera: no frame: the source delivered nothing"
+
+
+def test_failure_count_restarts_after_a_frame(qtbot, capture_factory):
+    source = FakeSource(script={2: "none", 4: "none"})
+    thread = capture_factory(source, retry_delays=(0.01,))
+    failing = []
+    thread.failing.connect(lambda message, failures: failing.append(failures))
+    thread.start()
+    qtbot.waitUntil(lambda: thread.frames_captured >= 4, timeout=5000)
+    assert failing == [1, 1]
+
+
+def test_status_shows_bytes_that_are_not_utf8(qtbot, capture_factory):
+    # Qt silently drops lone surrogates, so "caf\xe9" would read "caf"
+    thread = capture_factory(FakeSource(open_failures=10**6, name="folder caf\udce9"), retry_delays=(0.01,))
+    statuses = []
+    thread.status.connect(lambda message, ok: statuses.append(message))
+    thread.start()
+    qtbot.waitUntil(lambda: len(statuses) > 0, timeout=2000)
+    assert statuses[0].startswith("folder caf\\xe9: fake camera not connected")
 
 
 def test_video_end_is_reported_and_replayed(qtbot, capture_factory, short_video):
@@ -84,7 +163,7 @@ def test_camera_loss_and_recovery(qtbot, capture_factory):
     messages = [m for m, _ in statuses]
     assert "fake camera: fake camera not connected — retrying in 0.01 s" in messages
     assert any("unplugged" in m and "OSError" in m for m in messages)
-    assert any("camera stopped or was unplugged" in m for m in messages)
+    assert any("no frame: the source delivered nothing" in m for m in messages)
     assert statuses[-1][1] is True and source.opens == 4 and source.closes == 2
     frame = thread.mailbox.take()
     assert frame.index == thread.frames_captured and not frame.image.flags.writeable
