@@ -177,10 +177,14 @@ class InferenceEngine:
                              reused_features=encode is None, model=model.name, tag=tag)
 
     def rank_snapshots(self, query: str, records: list) -> list[tuple[Any, float, float]]:
-        """(record, itm, itc) for the newest MAX_RANKED_SNAPSHOTS records, best match first."""
-        from blip_core.errors import WrongTaskError
+        """(record, itm, itc) for the newest MAX_RANKED_SNAPSHOTS records, best match first.
+
+        Snapshot files are untrusted: each is decoded by the library's checked loader, and one it
+        refuses (or one deleted since listing) is left out of the ranking.
+        """
+        from blip_core.errors import BadImageError, WrongTaskError
+        from blip_core.preprocess import load_image
         from blip_core.results import ImageFeatures
-        from PIL import Image
 
         model = self.models.matcher
         if model is None:
@@ -193,13 +197,12 @@ class InferenceEngine:
                 key = (str(path), path.stat().st_mtime_ns)
                 features = self.snapshots.get(model, key)
                 if features is None:
-                    with Image.open(path) as im:
-                        features = model.encode_image(im.convert("RGB"))
+                    features = model.encode_image(load_image(path))
                     # keep only the ViT output: the ViT is the expensive part, while the
                     # per-image caches match() fills would cost ~40 MB per snapshot
                     features = ImageFeatures(features.embeds, features.model_key, features.timings)
                     self.snapshots.put(model, key, features)
-            except (OSError, ValueError):  # deleted or corrupt since listing: leave it out
+            except (OSError, BadImageError):  # deleted since listing, or not an image we decode
                 continue
             match = model.match(replace(features, cache={}), [query])[0]  # its caches die with the copy
             ranked.append((record, float(match.itm), float(match.itc)))
