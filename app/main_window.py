@@ -15,8 +15,8 @@ from pathlib import Path
 from PySide6.QtCore import QByteArray, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QScrollArea, QSplitter,
-    QVBoxLayout, QWidget,
+    QFileDialog, QGroupBox, QHBoxLayout, QMainWindow, QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout,
+    QWidget,
 )
 
 from app.capture import CaptureThread
@@ -30,10 +30,11 @@ from app.sources import FrameSource, make_source
 from app.sources.base import Frame
 from app.widgets.controls import CaptionControls
 from app.widgets.overlay import OverlayState
+from app.widgets.plain_text import plain_label
 from app.widgets.preview import PreviewWidget
 from app.widgets.question_panel import QuestionPanel
 from app.widgets.snapshot_browser import SnapshotBrowser
-from app.worker import InferenceWorker, RankOutcome, SnapshotSaver
+from app.worker import InferenceWorker, RankOutcome, SnapshotReader, SnapshotSaver
 
 CAPTIONS_KEPT = 20  # recent captions by frame, so a snapshot of a frozen frame finds its caption
 
@@ -73,6 +74,7 @@ class MainWindow(QMainWindow):
         self.capture = CaptureThread(source, **kwargs)
         self.worker = InferenceWorker(loader)
         self.saver = SnapshotSaver()
+        self.snapshot_reader = SnapshotReader()  # the browser's: folder listing and thumbnails
         self._folder_override = config.snapshot_dir  # --snapshot-dir: this run only, not saved
 
         self._build_ui()
@@ -88,7 +90,7 @@ class MainWindow(QMainWindow):
 
     def _build_ui(self) -> None:
         self.preview = PreviewWidget()
-        self.notice = QLabel()
+        self.notice = plain_label()
         self.notice.setObjectName("notice")
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet("background: #fff3cd; color: #664d03; padding: 6px; border-radius: 4px;")
@@ -109,7 +111,7 @@ class MainWindow(QMainWindow):
         self.browse_button = QPushButton("Browse…")
         for b in (self.save_button, self.folder_button, self.browse_button):
             snap_row.addWidget(b)
-        self.snapshot_label = QLabel()
+        self.snapshot_label = plain_label()
         self.snapshot_label.setObjectName("snapshot_label")
         self.snapshot_label.setWordWrap(True)
         self.snapshot_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -132,12 +134,12 @@ class MainWindow(QMainWindow):
         split.setStretchFactor(1, 2)
         self.setCentralWidget(split)
 
-        self.source_label = QLabel("source: starting…")
+        self.source_label = plain_label("source: starting…")
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setMaximumWidth(160)
         self.progress.setTextVisible(True)
-        self.model_label = QLabel("models: loading…")
+        self.model_label = plain_label("models: loading…")
         bar = self.statusBar()
         bar.addWidget(self.source_label, 1)
         bar.addPermanentWidget(self.progress)
@@ -179,6 +181,7 @@ class MainWindow(QMainWindow):
         self.capture.start()
         self.worker.start()
         self.saver.start()
+        self.snapshot_reader.start()
         self.worker.load_models(self.config.models)
         self._refresh_overlay()
 
@@ -439,7 +442,7 @@ class MainWindow(QMainWindow):
 
     def open_browser(self) -> SnapshotBrowser:
         if self.browser is None:
-            self.browser = SnapshotBrowser(self.snapshot_folder(), self)
+            self.browser = SnapshotBrowser(self.snapshot_folder(), self.snapshot_reader, self)
             self.browser.rank_requested.connect(self.worker.rank)
             self.worker.rank_ready.connect(self._on_rank_ready)
             self.worker.rank_failed.connect(self.browser.show_rank_error)
@@ -453,7 +456,7 @@ class MainWindow(QMainWindow):
 
     def _on_rank_ready(self, outcome: RankOutcome) -> None:
         if self.browser is not None and outcome.query == self.browser.search.text().strip():
-            self.browser.show_ranked(outcome.ranked)
+            self.browser.show_ranked(outcome.ranked, outcome.left_out)
 
     # --- source status and shutdown ----------------------------------------------------------
 
@@ -466,7 +469,8 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Join every thread: capture first (no new frames), then inference (drops waiting
-        captions, finishes the running call), then snapshots (drained: requested saves finish)."""
+        captions, finishes the running call), the browser's reader (stops after its current
+        file), then snapshots (drained: requested saves finish)."""
         if self._shut_down:
             return
         self._shut_down = True
@@ -477,6 +481,7 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.capture.shutdown()
         self.worker.shutdown()
+        self.snapshot_reader.shutdown()
         self.saver.shutdown(drain=True)
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -1,8 +1,12 @@
-"""The background threads: inference (models, captions, answers, snapshot ranking) and snapshot
-writing. The GUI thread only submits jobs and receives signals; it never waits on either.
+"""The background threads: inference (models, captions, answers, snapshot ranking), snapshot
+writing and snapshot reading. The GUI thread only submits jobs and receives signals; it never
+waits on any of them.
 
 Why snapshot writing has its own thread: the JPEG encode is quick, but ``fsync`` on a Pi's SD card
-can take hundreds of milliseconds, and a caption in progress must not delay a save either.
+can take hundreds of milliseconds, and a caption in progress must not delay a save either. Reading
+has its own too: listing a folder of hundreds of snapshots and decoding their thumbnails takes
+seconds on a Pi, and a folder is untrusted (a FIFO named like a snapshot blocks whoever opens it
+without care), so none of it may run on the GUI thread or hold up a save.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 
-from app.engine import AnswerOutcome, InferenceEngine
+from app.engine import MAX_RANKED_SNAPSHOTS, AnswerOutcome, InferenceEngine
 from app.jobs import JobThread
 from app.models import LoadedModels, Loader, ModelRequest, default_loader
 from app.prompts import CaptionOptions
-from app.snapshots import SnapshotError, SnapshotRecord, write_snapshot
+from app.snapshots import SnapshotError, SnapshotRecord, read_thumbnail, scan_snapshots, write_snapshot
 from app.sources.base import Frame
 
 log = logging.getLogger(__name__)
@@ -41,13 +45,18 @@ class LoadCancelled(Exception):
     (huggingface_hub resumes it next time) instead of making the window wait for it."""
 
 
+THUMBNAIL_BATCH = 16  # thumbnails per signal: the grid fills as they come, without a signal per image
+
+
 @dataclass(frozen=True)
 class RankOutcome:
-    """Snapshot records ranked against a query: ``ranked`` is [(record, itm, itc)], best first."""
+    """Snapshot records ranked against a query: ``ranked`` is [(record, itm, itc)], best first;
+    ``left_out`` counts the snapshots whose image could not be decoded (or was deleted)."""
 
     query: str
     ranked: list
     model: str
+    left_out: int = 0
 
 
 class InferenceWorker(JobThread):
@@ -139,7 +148,8 @@ class InferenceWorker(JobThread):
                 log.exception("ranking failed")
             self.rank_failed.emit(_message(e))
             return
-        self.rank_ready.emit(RankOutcome(query, ranked, self.engine.models.matcher.name))
+        asked = min(len(records), MAX_RANKED_SNAPSHOTS)
+        self.rank_ready.emit(RankOutcome(query, ranked, self.engine.models.matcher.name, asked - len(ranked)))
 
 
 class SnapshotSaver(JobThread):
@@ -165,3 +175,55 @@ class SnapshotSaver(JobThread):
             self.failed.emit(f"Snapshot not saved: {type(e).__name__}: {e}")
             return
         self.saved.emit(saved)
+
+
+class SnapshotReader(JobThread):
+    """Reads a snapshot folder for the browser: the listing (sidecars included) first, then the
+    thumbnails in batches. Each ``read`` gets an id that its signals carry; a newer read replaces
+    a waiting one and stops a running one at its next file, so only the latest reaches the GUI."""
+
+    listed = Signal(int, object)  # read id, snapshots.SnapshotListing
+    thumbnails_ready = Signal(int, object)  # read id, [(jpeg path, H x W x 3 uint8 RGB thumbnail)]
+
+    def __init__(self, parent=None):
+        super().__init__("snapshot reader", parent)
+        self._latest_read = 0  # written on the GUI thread only; the reading thread compares
+
+    def read(self, folder: str | Path, *, limit: int, thumb_size: tuple[int, int], known=frozenset()) -> int:
+        """List ``folder`` (its newest ``limit`` snapshots), then decode the thumbnails of those not
+        in ``known`` (paths whose thumbnails the caller has). Returns the read's id."""
+        self._latest_read += 1
+        read_id = self._latest_read
+        known = frozenset(known)
+        self.submit_latest(lambda: self._read(read_id, Path(folder), limit, thumb_size, known))
+        return read_id
+
+    def _superseded(self, read_id: int) -> bool:
+        return read_id != self._latest_read or self.stopping
+
+    def _read(self, read_id: int, folder: Path, limit: int, thumb_size: tuple[int, int], known: frozenset) -> None:
+        listing = scan_snapshots(folder, limit)
+        self.listed.emit(read_id, listing)
+        batch = []
+        for record in listing.records:
+            if self._superseded(read_id):
+                return
+            if record.path in known:
+                continue
+            thumbnail = self._thumbnail(record.path, thumb_size)
+            if thumbnail is not None:
+                batch.append((record.path, thumbnail))
+            if len(batch) == THUMBNAIL_BATCH:
+                self.thumbnails_ready.emit(read_id, batch)
+                batch = []
+        if batch:
+            self.thumbnails_ready.emit(read_id, batch)
+
+    @staticmethod
+    def _thumbnail(path: Path, size: tuple[int, int]):
+        from blip_core.errors import BadImageError
+
+        try:
+            return read_thumbnail(path, size)
+        except BadImageError:  # its sidecar is fine, so it is listed, without a thumbnail
+            return None

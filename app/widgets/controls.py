@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
 
 from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_LABELS, PROMPT_MODES, STRATEGIES, CaptionOptions, build_prompt
 from app.settings import Settings
+from app.widgets.plain_text import plain_label
 
 
 class CaptionControls(QWidget):
@@ -53,8 +54,8 @@ class CaptionControls(QWidget):
         self.max_tokens.setObjectName("max_tokens")
         self.max_tokens.setRange(MIN_TOKENS, MAX_TOKENS)
         self.max_tokens.setValue(20)
-        form.addRow("Strategy", self.strategy)
-        form.addRow("Max tokens", self.max_tokens)
+        form.addRow(plain_label("Strategy"), self.strategy)
+        form.addRow(plain_label("Max tokens"), self.max_tokens)
         layout.addWidget(decoding_box)
 
         mode_box = QGroupBox("Captioning")

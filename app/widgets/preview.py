@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
@@ -10,12 +11,17 @@ from app.sources.base import Frame
 from app.widgets.overlay import OverlayState, overlay_lines, paint_overlay
 
 
-def frame_to_qimage(frame: Frame) -> QImage:
-    """Wrap the frame's RGB array without copying (the array is read-only and outlives the image
-    because the widget keeps the frame)."""
-    image = frame.image
+def rgb_qimage(image: np.ndarray) -> QImage:
+    """Wrap an ``H x W x 3`` uint8 RGB array (rows contiguous) without copying: the caller keeps
+    the array alive as long as the image (``QPixmap.fromImage`` copies, so it may drop it after)."""
     h, w = image.shape[:2]
     return QImage(image.data, w, h, image.strides[0], QImage.Format.Format_RGB888)
+
+
+def frame_to_qimage(frame: Frame) -> QImage:
+    """The frame as a QImage, not copied (the array is read-only and outlives the image because
+    the widget keeps the frame)."""
+    return rgb_qimage(frame.image)
 
 
 class PreviewWidget(QWidget):

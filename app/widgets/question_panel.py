@@ -6,11 +6,12 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
-    QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
+    QGroupBox, QHBoxLayout, QLineEdit, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
 )
 
 from app.questions import MAX_QUESTION_CHARS, QAEntry, QAHistory
 from app.sources.base import Frame
+from app.widgets.plain_text import plain_label
 from app.widgets.preview import frame_to_qimage
 
 THUMB = 96
@@ -48,12 +49,11 @@ class QuestionPanel(QGroupBox):
         layout.addLayout(row)
 
         frame_row = QHBoxLayout()
-        self.thumb = QLabel()
+        self.thumb = plain_label("live")
         self.thumb.setFixedSize(THUMB, THUMB * 3 // 4)
         self.thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.thumb.setStyleSheet("background: #222; color: #aaa;")
-        self.thumb.setText("live")
-        self.frame_label = QLabel("Questions are about the frame shown when you ask.")
+        self.frame_label = plain_label("Questions are about the frame shown when you ask.")
         self.frame_label.setWordWrap(True)
         self.new_frame_button = QPushButton("New frame")
         self.new_frame_button.setToolTip("Ask the next question about the current frame instead")
@@ -63,12 +63,12 @@ class QuestionPanel(QGroupBox):
         frame_row.addWidget(self.new_frame_button)
         layout.addLayout(frame_row)
 
-        self.message = QLabel()
+        self.message = plain_label()
         self.message.setObjectName("question_message")
         self.message.setWordWrap(True)
         self.message.setStyleSheet("color: #c0392b;")
         self.message.hide()
-        self.answer = QLabel()
+        self.answer = plain_label()
         self.answer.setObjectName("answer")
         self.answer.setWordWrap(True)
         self.answer.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -120,8 +120,4 @@ class QuestionPanel(QGroupBox):
             self.history.addTopLevelItem(top)
             top.setExpanded(i == 0)
         if latest is not None:
-            self.answer.setText(f"<b>{_escape(latest.question)}</b><br>{_escape(format_answer(latest))}")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            self.answer.setText(f"Q: {latest.question}\nA: {format_answer(latest)}")

@@ -1,35 +1,37 @@
 """Browser of past snapshots: thumbnails, details, and text search.
 
+The folder is read by the window's ``SnapshotReader`` thread (app.worker): the listing first,
+then the thumbnails in batches, each arriving by signal. The GUI thread never opens a snapshot
+file: a FIFO named like a snapshot, a slow SD card or hundreds of JPEG decodes cannot freeze the
+window. Snapshots that cannot be read are left out, counted and named (hover the count).
+
 Search ranks with the model's image-text matching (ITM, ties by ITC) when a loaded model can
 match; the window runs that on the inference thread and hands the ranking back through
 ``show_ranked``. Without such a model, it is a word search over captions and Q&A, done here.
+Everything shown comes from files, so it is all plain text (``app.widgets.plain_text``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QIcon, QImageReader, QPixmap
+from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
-    QDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSplitter, QVBoxLayout,
+    QDialog, QHBoxLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSplitter, QVBoxLayout,
 )
 
-from app.snapshots import SnapshotRecord, list_snapshots, word_search
+from app.snapshots import SnapshotListing, SnapshotRecord, shorten, word_search
+from app.widgets.plain_text import plain_label, plain_tooltip
+from app.widgets.preview import rgb_qimage
+from app.worker import SnapshotReader
 
 THUMB = QSize(160, 120)
-MAX_LISTED = 500  # thumbnails are decoded on the GUI thread; keep the worst case bounded
-
-
-def load_thumbnail(path: Path, size: QSize = THUMB) -> QPixmap:
-    """A small pixmap, decoded at reduced size (JPEG DCT scaling), so large photos stay cheap."""
-    reader = QImageReader(str(path))
-    reader.setAutoTransform(True)
-    original = reader.size()
-    if original.isValid():
-        reader.setScaledSize(original.scaled(size, Qt.AspectRatioMode.KeepAspectRatio))
-    image = reader.read()
-    return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+MAX_LISTED = 500  # newest snapshots listed: bounds the reading time and the memory of one listing
+ITEM_CHARS = 60  # caption characters under a thumbnail
+DETAIL_CHARS = 5_000  # characters of one field in the details pane (the sidecar has them all)
+SKIPPED_NAMED = 20  # unreadable snapshots named in the count's tooltip
 
 
 class SnapshotBrowser(QDialog):
@@ -37,20 +39,29 @@ class SnapshotBrowser(QDialog):
 
     rank_requested = Signal(str, list)
 
-    def __init__(self, folder: Path, parent=None):
+    def __init__(self, folder: Path, reader: SnapshotReader, parent=None):
         super().__init__(parent)
         self.setWindowTitle("Snapshots")
         self.resize(900, 600)
         self.folder = folder
+        self.reader = reader
         self.records: list[SnapshotRecord] = []
+        self.skipped: list[tuple[str, str]] = []  # (file name, why) of snapshots that could not be read
         self.can_rank = False
         self.ranker_name = ""
+        self._read_id = self._shown_id = 0  # the reader's ids of the read wanted and of the one shown
+        self._icons: dict[Path, QIcon] = {}
+        self._items: dict[Path, QListWidgetItem] = {}
 
         self.search = QLineEdit()
         self.search.setObjectName("snapshot_search")
         self.search.setPlaceholderText("Search captions and answers (Enter)")
         self.search.setClearButtonEnabled(True)
-        self.mode = QLabel()
+        self.mode = plain_label()
+        self.skipped_label = plain_label()
+        self.skipped_label.setObjectName("snapshots_skipped")
+        self.skipped_label.setStyleSheet("color: #c0392b;")
+        self.skipped_label.hide()
         refresh = QPushButton("Refresh")
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
@@ -62,7 +73,7 @@ class SnapshotBrowser(QDialog):
         self.grid.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.grid.setWordWrap(True)
         self.grid.setGridSize(QSize(THUMB.width() + 24, THUMB.height() + 56))
-        self.details = QLabel("Select a snapshot")
+        self.details = plain_label("Select a snapshot")
         self.details.setWordWrap(True)
         self.details.setAlignment(Qt.AlignmentFlag.AlignTop)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -75,6 +86,7 @@ class SnapshotBrowser(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.mode)
+        layout.addWidget(self.skipped_label)
         layout.addWidget(split, 1)
 
         # word search is instant, so it follows typing (debounced); model ranking waits for Enter
@@ -84,6 +96,8 @@ class SnapshotBrowser(QDialog):
         self.search.returnPressed.connect(self.run_search)
         refresh.clicked.connect(self.reload)
         self.grid.currentItemChanged.connect(self._show_details)
+        reader.listed.connect(self._on_listed)
+        reader.thumbnails_ready.connect(self._on_thumbnails)
 
     # --- data --------------------------------------------------------------------------------
 
@@ -91,10 +105,36 @@ class SnapshotBrowser(QDialog):
         self.can_rank, self.ranker_name = bool(name), name or ""
         self._update_mode()
 
+    @property
+    def loading(self) -> bool:
+        """True from ``reload`` until its listing is shown (thumbnails may still be on their way)."""
+        return self._shown_id != self._read_id
+
     def reload(self) -> None:
-        self.records = list_snapshots(self.folder, limit=MAX_LISTED)
+        """Read the folder again, on the reader thread (see ``loading``)."""
+        self.mode.setText(f"Reading {self.folder}…")
+        self._read_id = self.reader.read(self.folder, limit=MAX_LISTED, thumb_size=(THUMB.width(), THUMB.height()),
+                                         known=self._icons.keys())
+
+    def _on_listed(self, read_id: int, listing: SnapshotListing) -> None:
+        if read_id != self._read_id:
+            return  # an older read, or another browser's
+        self.records, self.skipped = listing.records, listing.skipped
+        listed = {r.path for r in self.records}
+        self._icons = {path: icon for path, icon in self._icons.items() if path in listed}
         self._show([(r, None) for r in self.records])
         self._update_mode()
+        self._update_skipped()
+        self._shown_id = read_id
+
+    def _on_thumbnails(self, read_id: int, batch: list[tuple[Path, np.ndarray]]) -> None:
+        if read_id != self._read_id:
+            return
+        for path, thumbnail in batch:
+            self._icons[path] = QIcon(QPixmap.fromImage(rgb_qimage(thumbnail)))  # fromImage copies the pixels
+            item = self._items.get(path)
+            if item is not None:
+                item.setIcon(self._icons[path])
 
     def run_search(self) -> None:
         query = self.search.text().strip()
@@ -111,9 +151,10 @@ class SnapshotBrowser(QDialog):
         if not self.can_rank or not self.search.text().strip():
             self.run_search()
 
-    def show_ranked(self, ranked: list[tuple[SnapshotRecord, float, float]]) -> None:
+    def show_ranked(self, ranked: list[tuple[SnapshotRecord, float, float]], left_out: int = 0) -> None:
         self._show([(r, itm) for r, itm, _itc in ranked])
-        self.mode.setText(f"Ranked by image–text match (ITM, then ITC) with {self.ranker_name}")
+        unreadable = f" · {left_out} image(s) left out: unreadable" if left_out else ""
+        self.mode.setText(f"Ranked by image–text match (ITM, then ITC) with {self.ranker_name}{unreadable}")
 
     def show_rank_error(self, message: str) -> None:
         self._show(word_search(self.records, self.search.text()))
@@ -123,6 +164,14 @@ class SnapshotBrowser(QDialog):
         how = f"Enter ranks by image–text match with {self.ranker_name}" if self.can_rank else "word search over captions and Q&A"
         self.mode.setText(f"{len(self.records)} snapshot(s) in {self.folder} · {how}")
 
+    def _update_skipped(self) -> None:
+        self.skipped_label.setText(f"{len(self.skipped)} snapshot(s) skipped: unreadable")
+        named = [f"{name}: {why}" for name, why in self.skipped[:SKIPPED_NAMED]]
+        if len(self.skipped) > SKIPPED_NAMED:
+            named.append(f"… and {len(self.skipped) - SKIPPED_NAMED} more")
+        self.skipped_label.setToolTip(plain_tooltip("\n".join(named)))
+        self.skipped_label.setVisible(bool(self.skipped))
+
     # --- view --------------------------------------------------------------------------------
 
     def shown_records(self) -> list[SnapshotRecord]:
@@ -130,29 +179,27 @@ class SnapshotBrowser(QDialog):
 
     def _show(self, scored: list[tuple[SnapshotRecord, float | None]]) -> None:
         self.grid.clear()
+        self._items = {}
         for record, score in scored:
-            label = record.caption if len(record.caption) <= 60 else record.caption[:57] + "…"
+            label = shorten(record.caption, ITEM_CHARS)
             if score is not None:
                 label = f"{score:.2f} · {label}"
-            item = QListWidgetItem(QIcon(load_thumbnail(record.path)) if record.path else QIcon(), label)
+            item = QListWidgetItem(self._icons.get(record.path, QIcon()), label)
             item.setData(Qt.ItemDataRole.UserRole, record)
-            item.setToolTip(record.caption)
+            item.setToolTip(plain_tooltip(record.caption))
             self.grid.addItem(item)
+            self._items[record.path] = item
 
     def _show_details(self, item: QListWidgetItem | None, _previous=None) -> None:
         if item is None:
             self.details.setText("Select a snapshot")
             return
         r: SnapshotRecord = item.data(Qt.ItemDataRole.UserRole)
-        lines = [f"<b>{_esc(r.caption)}</b>", f"{_esc(r.time)}", f"{_esc(r.image)}"]
+        lines = [r.caption, r.time, r.image]
         if r.model:
-            lines.append(f"model: {_esc(r.model)} ({_esc(r.precision)}); prompt: “{_esc(r.prompt.strip())}”")
+            lines.append(f"model: {r.model} ({r.precision}); prompt: “{r.prompt.strip()}”")
         if r.timings:
             lines.append(f"total {r.timings.get('total_ms', 0):.0f} ms")
         for qa in r.qa:
-            lines.append(f"Q: {_esc(qa.get('question', ''))}<br>A: {_esc(str(qa.get('answer') or qa.get('error', '')))}")
-        self.details.setText("<br>".join(lines))
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            lines.append(f"Q: {qa.get('question', '')}\nA: {qa.get('answer') or qa.get('error', '')}")
+        self.details.setText("\n".join(shorten(line, DETAIL_CHARS) for line in lines))

@@ -251,14 +251,21 @@ def test_snapshot_into_an_unusable_folder_is_reported(qtbot, make_window, tmp_pa
     assert blocker.args[0].startswith("Snapshot not saved")
 
 
+def open_browser(qtbot, window):
+    """Open the snapshot browser and wait for its listing (read on the reader thread)."""
+    browser = window.open_browser()
+    qtbot.waitUntil(lambda: not browser.loading, timeout=5000)
+    return browser
+
+
 def test_browser_word_search_without_a_matching_model(qtbot, make_window, settings):
     folder = settings.snapshot_dir()
     for caption in ("a dog on a beach", "two cats on a sofa", "a red bus"):
         write_snapshot(folder, solid("red"), SnapshotRecord(caption=caption))
     window = make_window(loader=FakeLoader(FakeModel(tasks=("caption", "vqa"))))
-    browser = window.open_browser()
+    browser = open_browser(qtbot, window)
     assert len(browser.shown_records()) == 3 and not browser.can_rank
-    assert not browser.grid.item(0).icon().isNull()  # thumbnails
+    qtbot.waitUntil(lambda: not browser.grid.item(0).icon().isNull(), timeout=5000)  # thumbnails follow
     browser.search.setText("cats")
     browser.run_search()
     assert [r.caption for r in browser.shown_records()] == ["two cats on a sofa"]
@@ -271,7 +278,7 @@ def test_browser_ranks_by_image_text_match_when_available(qtbot, make_window, se
     for colour in ("red", "blue", "green"):
         write_snapshot(folder, solid(colour), SnapshotRecord(caption="a picture"))
     window = make_window(loader=fake_loader)
-    browser = window.open_browser()
+    browser = open_browser(qtbot, window)
     assert browser.can_rank and "image–text match" in browser.mode.text()
     browser.search.setText("something blue")
     browser.run_search()
@@ -280,6 +287,51 @@ def test_browser_ranks_by_image_text_match_when_available(qtbot, make_window, se
     assert read_embedded_caption(top.path)  # a real snapshot
     assert browser.grid.item(0).text().startswith("0.90")
     assert window.models.captioner.model.match_calls[-1] == ["something blue"]
+
+
+def test_browser_reads_the_folder_off_the_gui_thread(qtbot, make_window, settings, monkeypatch):
+    folder = settings.snapshot_dir()
+    for caption in ("one", "two", "three"):
+        write_snapshot(folder, solid("red"), SnapshotRecord(caption=caption))
+    window = make_window(loader=FakeLoader(FakeModel(tasks=("caption", "vqa"))), continuous=False)
+    read_snapshot = snapshots.read_snapshot
+
+    def slow_read(path):  # a slow SD card: 0.3 s per snapshot
+        time.sleep(0.3)
+        return read_snapshot(path)
+
+    monkeypatch.setattr(snapshots, "read_snapshot", slow_read)
+    ticks = []
+    ticker = QTimer(interval=20)
+    ticker.timeout.connect(lambda: ticks.append(1))
+    ticker.start()
+    clock = QElapsedTimer()
+    clock.start()
+    browser = window.open_browser()
+    assert clock.elapsed() < 300  # not 0.9 s: nothing was read on this thread
+    qtbot.waitUntil(lambda: not browser.loading, timeout=5000)
+    ticker.stop()
+    assert sorted(r.caption for r in browser.shown_records()) == ["one", "three", "two"]
+    assert len(ticks) >= 20  # the event loop kept running while the folder was read
+
+
+def test_outside_text_in_labels_and_tooltips_is_shown_literally(qtbot, make_window):
+    name = "<b>bold</b> <img src=missing.png width=6000>"
+    window = make_window(loader=FakeLoader(FakeModel(name=name)), continuous=False)
+    assert window.model_label.text() == f"captions: {name} (int8) · questions: same model"
+    assert window.model_label.textFormat() == Qt.TextFormat.PlainText
+    assert window.model_label.sizeHint().width() < 3000  # the 6000 px image is not laid out
+    window.ask("what is <i>this</i>?")
+    qtbot.waitUntil(lambda: "ms" in window.questions.answer.text(), timeout=5000)
+    assert window.questions.answer.text().startswith("Q: what is <i>this</i>?\nA: ")
+    assert window.questions.answer.textFormat() == Qt.TextFormat.PlainText
+    from PySide6.QtGui import QTextDocument
+
+    from app.widgets.plain_text import plain_tooltip
+
+    doc = QTextDocument()
+    doc.setHtml(plain_tooltip(name))
+    assert doc.toPlainText() == name
 
 
 # --- camera, models, responsiveness, settings, shutdown --------------------------------------------

@@ -1,5 +1,6 @@
 """Snapshot files without Qt: metadata round trip, atomic writes, failures that leave earlier
-snapshots intact, reading back, word search."""
+snapshots intact, reading back (sidecar checks, skipped snapshots), word search. Crafted files
+and folders are in tests/hostile/test_hostile_app.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 from PIL import Image
 
 from app import snapshots
-from app.snapshots import SnapshotError, SnapshotRecord, list_snapshots, read_embedded_caption, read_snapshot, word_search, write_snapshot
+from app.snapshots import (
+    SnapshotError, SnapshotRecord, embedded_caption, list_snapshots, read_embedded_caption, read_snapshot,
+    scan_snapshots, sidecar_fields, word_search, write_snapshot,
+)
 from app_fakes import solid
 
 WHEN = datetime(2025, 3, 4, 5, 6, 7, 890_000, tzinfo=timezone.utc)
@@ -154,14 +158,78 @@ def test_read_only_folder_is_reported():
         shutil.rmtree(folder)
 
 
-def test_missing_or_corrupt_sidecar_falls_back_to_exif(tmp_path):
+def test_missing_sidecar_falls_back_to_exif(tmp_path):
     saved = write_snapshot(tmp_path, solid("red"), record("from exif"))
-    saved.path.with_suffix(".json").write_text("{ not json")
+    saved.path.with_suffix(".json").unlink()  # an older snapshot, or a JPEG copied alone
     assert read_snapshot(saved.path).caption == "from exif"
-    saved.path.with_suffix(".json").unlink()
-    assert read_snapshot(saved.path).caption == "from exif"
-    (tmp_path / "blipcam-99999999-000000-000.jpg").write_bytes(b"not a jpeg")
-    assert "unreadable" in list_snapshots(tmp_path)[0].caption  # listed, not a crash
+    assert [r.caption for r in list_snapshots(tmp_path)] == ["from exif"]
+
+
+def test_unreadable_snapshots_are_skipped_and_named_not_fatal(tmp_path):
+    kept = write_snapshot(tmp_path, solid("red"), record("kept"), now=WHEN)
+    corrupt = write_snapshot(tmp_path, solid("red"), record("corrupt sidecar"), now=WHEN.replace(second=8))
+    corrupt.path.with_suffix(".json").write_text("{ not json")
+    (tmp_path / "blipcam-99999999-000000-000.jpg").write_bytes(b"not a jpeg")  # and no sidecar
+    listing = scan_snapshots(tmp_path)
+    assert [r.caption for r in listing.records] == ["kept"] and listing.records[0].path == kept.path
+    reasons = dict(listing.skipped)
+    assert "is not valid JSON" in reasons[corrupt.path.name]
+    assert "has no sidecar and cannot be decoded" in reasons["blipcam-99999999-000000-000.jpg"]
+    with pytest.raises(SnapshotError, match="not valid JSON"):
+        read_snapshot(corrupt.path)
+
+
+def test_every_field_the_app_writes_passes_the_sidecar_checks(tmp_path):
+    scene = {"seed": 3, "captions": ["a red circle left of a blue square", "two shapes"]}
+    full = record(decoding={"strategy": "beam", "num_beams": 3, "max_new_tokens": 20, "top_p": 0.9},
+                  frame={"index": 7, "source": "scenes", "width": 384, "height": 384, "scene": scene},
+                  qa=[{"question": "what colour?", "answer": "red", "total_ms": 12.5, "reused_features": True},
+                      {"question": "why?", "answer": None, "total_ms": 0.0, "reused_features": False,
+                       "error": "no model"}])
+    saved = write_snapshot(tmp_path, solid("red"), full, now=WHEN)
+    assert read_snapshot(saved.path) == saved
+    assert sidecar_fields(json.loads(saved.path.with_suffix(".json").read_text("ascii")))["frame"]["scene"] == scene
+
+
+@pytest.mark.parametrize("data, complaint", [
+    ({"caption": 5}, "caption must be text, not an integer"),
+    ({"caption": "ok", "qa": {"question": "q"}}, "qa must be a list, not an object"),
+    ({"caption": "ok", "qa": [["q", "a"]]}, "qa[0] must be an object, not a list"),
+    ({"caption": "ok", "qa": [{"question": "q", "answer": 42}]}, "qa[0].answer must be text or null, not an integer"),
+    ({"caption": "ok", "timings": {"total_ms": "fast"}}, "timings.total_ms must be a number, not text"),
+    ({"caption": "ok", "timings": {"total_ms": True}}, "timings.total_ms must be a number, not true or false"),
+    ({"caption": "ok", "timings": {"total_ms": float("nan")}}, "timings.total_ms is not a usable number"),
+    ({"caption": "ok", "version": 10 ** 400}, "version is not a usable number"),
+    ({"caption": "ok", "frame": {"a": {"b": {"c": {"d": {"e": {}}}}}}}, "nests more than 6 levels deep"),
+    ({"caption": "x" * (snapshots.MAX_TEXT_CHARS + 1)}, "characters long, over the limit"),
+    ({"caption": "ok", "frame": {"list": list(range(snapshots.MAX_JSON_ITEMS + 1))}}, "entries, over the limit"),
+    ("a caption", "a sidecar is a JSON object, not text"),
+])
+def test_sidecar_fields_are_checked_by_type_and_size(data, complaint):
+    with pytest.raises(SnapshotError) as info:
+        sidecar_fields(data)
+    assert complaint in str(info.value)
+
+
+def test_embedded_caption_is_valid_metadata_text():
+    assert embedded_caption("tab\there\nnext line") == "tab\there\nnext line"  # kept
+    assert embedded_caption("nul\x00 bell\x07 esc\x1b cr\r del\x7f c1\x85 end") == "nul bell esc cr del c1 end"
+    assert embedded_caption("lone \ud800 high, pair \ud83d\ude00") == "lone \ufffd high, pair \U0001f600"
+    assert embedded_caption("\ufffe\uffffok") == "ok"  # not XML characters
+    long = embedded_caption("a" * 70_000)
+    assert len(long) == snapshots.MAX_EMBEDDED_CHARS and long.endswith("…")
+
+
+@pytest.mark.parametrize("caption", [
+    "a" * 70_000,  # the most bytes per character in each block: EXIF (astral) and XMP (&amp;)
+    "\U0001f600" * 70_000,
+    "&" * 70_000,
+])
+def test_the_longest_embedded_caption_fits_its_jpeg_segments(tmp_path, caption):
+    saved = write_snapshot(tmp_path, solid("red"), record(caption), now=WHEN)
+    embedded = read_embedded_caption(saved.path)
+    assert embedded["xmp"] == embedded["UserComment"] == embedded_caption(caption)
+    assert read_snapshot(saved.path).caption == caption  # the sidecar keeps it all
 
 
 def test_word_search_ranks_by_words_in_caption_and_answers():
