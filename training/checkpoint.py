@@ -40,6 +40,8 @@ from .vocab import make_tokenizer, text_ids
 log = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# save_checkpoint's hidden folders: the one being written, and the replaced one while it is swapped out
+SAVE_LEFTOVER = re.compile(r"^\.(step-\d+)\.(partial|old)-(\d+)$")
 
 
 # ---------------------------------------------------------------------------- saving
@@ -89,6 +91,46 @@ def save_checkpoint(folder: Path, model: BlipModel, tokenizer: BlipTokenizer, st
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def clean_interrupted_saves(output_dir: str | Path) -> list[Path]:
+    """Tidy what saves killed midway left in ``output_dir/checkpoints`` (their writer's pid is dead):
+    a ``.step-N.partial-PID`` staging folder is removed; a ``.step-N.old-PID`` folder (a whole
+    checkpoint moved aside for its replacement) is moved back if ``step-N`` is missing, else
+    removed. Returns the folders removed or restored."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    touched = []
+    for leftover in sorted(root.iterdir()):
+        m = SAVE_LEFTOVER.match(leftover.name)
+        if not m or _pid_alive(int(m.group(3))):
+            continue
+        target = root / m.group(1)
+        if m.group(2) == "old" and not target.exists():
+            os.replace(leftover, target)
+            log.warning("restored %s, moved aside by a save that was interrupted", target)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.warning("removed %s, left by a save that was interrupted", leftover)
+        touched.append(leftover)
+    return touched
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing. This process is not (it calls this before
+    saving), so its own pid counts as dead: an earlier run in it was interrupted."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
 
 
 def step_folder(output_dir: str | Path, step: int) -> Path:

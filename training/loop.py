@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from . import dist
-from .checkpoint import (export_all_hf, find_checkpoint, load_state, load_weights, prune, rng_state,
-                         save_checkpoint, set_rng_state, step_folder)
+from .checkpoint import (clean_interrupted_saves, export_all_hf, find_checkpoint, load_state, load_weights, prune,
+                         rng_state, save_checkpoint, set_rng_state, step_folder)
 from .config import setup_process, to_dict
 from .data import epoch_batches, steps_per_epoch
 from .objectives import Objective
@@ -117,10 +118,14 @@ def train(run: Run) -> list[dict]:
                 broadcast_buffers=False) if info.enabled else objective
     optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr)
     torch.manual_seed(cfg.seed + 7919 * info.rank)  # after building: same init, per-rank sampling
+    if info.main:
+        clean_interrupted_saves(cfg.output_dir)
     step, skipped_total = _restore(run, optimizer) if cfg.resume else (0, 0)
     metrics = Path(cfg.output_dir) / "metrics.jsonl"
     if info.main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            keep_records_until(metrics, step)
         log.info("%s: %d steps (%d per epoch), global batch %d = %d x %d processes, %d parameters", run.command,
                  total, spe, cfg.batch_size * info.world, cfg.batch_size, info.world,
                  sum(p.numel() for p in objective.parameters() if p.requires_grad))
@@ -204,6 +209,31 @@ class _Window:
             record.update(alpha=round(alpha, 6), temp=round(float(objective.temp.detach()), 6))
         self.__init__()
         return record, skipped_total
+
+
+def keep_records_until(metrics: Path, step: int) -> int:
+    """A resumed run logs the steps after its checkpoint again: drop the records the interrupted
+    run wrote for them (and a line the kill cut short), so that each step appears once.
+    Returns the number of lines dropped; the file is replaced atomically."""
+    if not metrics.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = metrics.with_name(f".{metrics.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, metrics)
+        log.info("%s: dropped %d records after step %d (the resumed run logs those steps again)", metrics, dropped,
+                 step)
+    return dropped
 
 
 def _log(run: Run, metrics: Path, record: dict, bar: tqdm) -> None:

@@ -104,6 +104,47 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     assert find_checkpoint(str(tmp_path / "b")).name == "step-0000006"  # resume=output_dir takes the newest
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (as a run killed during a save has)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_resume_after_a_run_killed_during_a_save(tmp_path):
+    """The kill: steps 1-4 logged, step 4's save interrupted (its staging folder left behind, no
+    step-4 checkpoint), the last metrics line cut. Resuming in the same output_dir from step 2
+    tidies the leftovers and logs steps 3 and 4 once each."""
+    out = tmp_path / "run"
+    common = dict(max_steps=4, save_every=2, keep_checkpoints=5)
+    pretrain.run(tiny(C.PretrainConfig, out, **common))
+    checkpoints = out / "checkpoints"
+    staging = checkpoints / f".step-0000004.partial-{_dead_pid()}"
+    os.replace(checkpoints / "step-0000004", staging)
+    (staging / "model.safetensors").write_bytes(b"half")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.')
+    pretrain.run(tiny(C.PretrainConfig, out, resume=str(out), **common))
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000002", "step-0000004"]
+
+
+def test_interrupted_saves_are_tidied_only_when_their_writer_is_gone(tmp_path):
+    from training.checkpoint import clean_interrupted_saves
+
+    root = tmp_path / "checkpoints"
+    dead, alive = _dead_pid(), os.getppid()  # our parent (pytest's runner shell or init) outlives the test
+    for name in ("step-0000002", f".step-0000002.partial-{dead}", f".step-0000004.old-{dead}",
+                 f".step-0000004.partial-{dead}", f".step-0000006.partial-{alive}", f".step-0000002.old-{dead}"):
+        (root / name).mkdir(parents=True)
+        (root / name / "from").write_text(name)
+    clean_interrupted_saves(tmp_path)
+    left = {p.name: (p / "from").read_text() for p in root.iterdir()}
+    # killed between its two renames, step 4 is whole in .old: it is put back, not deleted
+    assert left == {"step-0000002": "step-0000002", "step-0000004": f".step-0000004.old-{dead}",
+                    f".step-0000006.partial-{alive}": f".step-0000006.partial-{alive}"}
+
+
 def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
     paths = write_scene_json(tmp_path / "data", count=8, size=16)
     (tmp_path / "data" / "images" / "000002.png").write_bytes(b"\x89PNG garbage")
