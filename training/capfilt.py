@@ -278,7 +278,7 @@ def bootstrap_shards(cfg: CapFiltConfig, boot: Bootstrapper, info: dist.DistInfo
     from blip_core.errors import BadImageError
     from blip_core.preprocess import load_image
 
-    from .data import IMAGE_EXTS, _log_and_continue, _web_text
+    from .data import IMAGE_EXTS, _web_text, shard_samples
 
     urls = [u for part in cfg.web_shards.split("::") for u in braceexpand.braceexpand(part)]
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
@@ -295,8 +295,11 @@ def bootstrap_shards(cfg: CapFiltConfig, boot: Bootstrapper, info: dist.DistInfo
         n = {"web_images": 0, "skipped_images": 0}
         texts: list[dict] = []
         with wds.TarWriter(str(tmp)) as sink:
-            for sample in tqdm(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=_log_and_continue)),
+            for sample in tqdm(wds.DataPipeline(wds.SimpleShardList([url]), shard_samples),
                                desc=Path(url).name, disable=not (info.main and cfg.progress), unit="img"):
+                if "bad" in sample:  # what a shard cut short lost
+                    n["skipped_images"] += sample["bad"]
+                    continue
                 ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 data = sample[ext] if ext else None
                 try:

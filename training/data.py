@@ -243,12 +243,19 @@ class JsonCaptions(Samples):
         super().__init__(transform, seed)
         self.files = ImageFiles(image_root)
         self.pairs: list[tuple[int, str]] = []
+        self.empty_captions = 0  # empty after cleaning ("", "  ", "..."): nothing to learn, so not served
         for i, e in enumerate(read_annotations(path, what)):
             if "caption" not in e:
                 raise DatasetError(f"{what}: entry {i} of {path} has no \"caption\" (is it a VQA file?)")
             image_id = self.files.id(e["image"])
-            captions = _texts(e["caption"], f"{what} entry {i} caption")
-            self.pairs += [(image_id, pre_caption(c, max_words)) for c in captions]
+            captions = [pre_caption(c, max_words) for c in _texts(e["caption"], f"{what} entry {i} caption")]
+            self.pairs += [(image_id, c) for c in captions if c]
+            self.empty_captions += sum(not c for c in captions)
+        if self.empty_captions:
+            log.warning("%s: %d captions of %s are empty after cleaning and are skipped", what, self.empty_captions,
+                        path)
+        if not self.pairs:
+            raise DatasetError(f"{what}: every caption in {path} is empty after cleaning")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -371,28 +378,30 @@ class WebCaptions(IterableDataset):
 
         urls = list(self.urls)
         rng_for(self.seed, "shards", self.epoch, self.pass_no).shuffle(urls)
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                  wds.tarfile_to_samples(handler=_log_and_continue)]
+        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, shard_samples]
         if self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
                                       rng=rng_for(self.seed, "samples", self.epoch, self.pass_no, _worker_tag())))
         return iter(wds.DataPipeline(*stages, wds.map(self._decode), _drop_bad))
 
     def _decode(self, sample: dict) -> dict:
+        if "bad" in sample:  # samples a cut-short shard lost (shard_samples)
+            return sample
         key = sample.get("__key__", "?")
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         caption = _web_text(sample)
-        if data is None or not caption:
-            _note_skip(f"{sample.get('__url__', '')}:{key}", BadImageError("no image or no caption in the sample"))
-            return {"bad": True}  # wds.map drops None silently; this marker gets counted
+        caption = pre_caption(caption, self.max_words) if caption is not None else ""
+        if data is None or not caption:  # an empty caption (or one of only punctuation) teaches nothing
+            what = "no image" if data is None else "an empty caption"
+            _note_skip(f"{sample.get('__url__', '')}:{key}", BadImageError(f"{what} in the sample"))
+            return {"bad": 1}  # wds.map drops None silently; this marker gets counted
         try:
             img = load_image(data)
         except BadImageError as e:
             _note_skip(f"{sample.get('__url__', '')}:{key}", e)
-            return {"bad": True}  # wds.map drops None silently; this marker gets counted
+            return {"bad": 1}
         rng = rng_for(self.seed, self.epoch, self.pass_no, key)
         pixels, flipped = self.transform(img, rng)
-        caption = pre_caption(caption, self.max_words)
         if flipped and self.transform.hflip == "swap":
             caption = swap_left_right(caption)
         return {"pixels": pixels, "caption": caption, "image_id": stable_id(key)}
@@ -422,14 +431,75 @@ def _log_and_continue(exn: Exception) -> bool:
 
 
 def _drop_bad(src: Iterator[dict]) -> Iterator[dict]:
-    """Drop failed samples, adding their number to the next good one's ``skipped``."""
+    """Drop failed samples (``{"bad": n}`` markers), adding their number to the next good one's
+    ``skipped``; failures after the last good sample come as a final ``{"skipped": n}`` without
+    pixels (``_Batches`` folds it into the counts), so none goes uncounted."""
     skipped = 0
     for sample in src:
-        if sample.get("bad"):
-            skipped += 1
+        if "bad" in sample:
+            skipped += int(sample["bad"])
             continue
         sample["skipped"], skipped = skipped, 0
         yield sample
+    if skipped:
+        yield {"skipped": skipped}
+
+
+# ------------------------------------------------------------------ shard reading
+def shard_samples(shards: Iterator[dict]) -> Iterator[dict]:
+    """``wds.tarfile_samples`` one shard at a time, so that a shard cut short is noticed.
+
+    A tar file cut short (a copy or download that stopped) reads as a shorter shard: tarfile
+    stops quietly at a missing header. A local ``.tar`` that does not end in tar's end-of-archive
+    blocks is cut short: its last sample (the one the cut went through) is dropped, and what the
+    shard lost comes as a ``{"bad": n}`` marker: n from img2dataset's ``{shard}_stats.json``
+    ("successes") when there is one, else 1 (the rest is unknowable without an index).
+    """
+    import webdataset as wds
+
+    for shard in shards:
+        samples = wds.tarfile_samples([shard], handler=_log_and_continue)
+        url = shard["url"]
+        if not _cut_short(url):
+            yield from samples
+            continue
+        read, last = 0, None
+        for sample in samples:
+            if last is not None:
+                yield last
+            read, last = read + 1, sample
+        kept = max(0, read - 1)
+        expected = _shard_size(url)
+        lost = max(1, expected - kept) if expected is not None else 1
+        log.warning("shard %s is cut short (no tar end-of-archive) after %d samples: %d counted as lost%s", url,
+                    kept, lost, "" if expected is not None else " (at least; without an img2dataset "
+                    "_stats.json the shard's size is unknown)")
+        yield {"bad": lost, "__url__": url, "__key__": "cut-short"}
+
+
+TAR_END = 2 * 512  # tar ends in two zero blocks (then padding to a record of 10240 bytes, also zeros)
+
+
+def _cut_short(url: str) -> bool:
+    """A local uncompressed tar file that does not end like one."""
+    if not url.endswith(".tar") or not os.path.isfile(url):
+        return False  # remote or compressed: nothing to check cheaply
+    size = os.path.getsize(url)
+    if size % 512 or size < TAR_END:
+        return True
+    with open(url, "rb") as f:
+        f.seek(size - TAR_END)
+        return f.read(TAR_END).count(0) != TAR_END
+
+
+def _shard_size(url: str) -> int | None:
+    """The sample count img2dataset records beside a shard (``00012.tar`` -> ``00012_stats.json``)."""
+    try:
+        stats = json.loads(Path(url[: -len(".tar")] + "_stats.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    n = stats.get("successes") if isinstance(stats, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 # ------------------------------------------------------------------------ loading
@@ -497,12 +567,43 @@ def _own_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+class _Batches(IterableDataset):
+    """Full batches of ``size`` collated from a sample stream, in the process that reads it (as a
+    DataLoader's own batching would). The skip counts that would be lost with the samples of an
+    unfinished last batch, or with the failures after the last good sample, come in a final
+    ``{"skipped": n}`` without pixels."""
+
+    def __init__(self, samples: IterableDataset, size: int):
+        self.samples, self.size = samples, size
+
+    def __iter__(self):
+        items, skipped = [], 0
+        for sample in self.samples:
+            if "pixels" not in sample:  # _drop_bad's trailing count
+                skipped += sample["skipped"]
+                continue
+            items.append(sample)
+            if len(items) == self.size:
+                batch = collate(items)
+                batch["skipped"] += skipped
+                items, skipped = [], 0
+                yield batch
+        skipped += sum(it["skipped"] for it in items)
+        if skipped:
+            yield {"skipped": skipped}
+
+
 def _stream_batches(ds: WebCaptions, epoch: int, batch: int, workers: int, seed: int) -> Iterator[dict]:
+    pending = 0  # skips reported without a batch: they ride on the next one
     for pass_no in itertools.count():
         ds.set_epoch(epoch, pass_no)
         got = 0
-        for b in DataLoader(ds, batch_size=batch, collate_fn=collate, num_workers=workers, drop_last=True,
+        for b in DataLoader(_Batches(ds, batch), batch_size=None, num_workers=workers,
                             generator=_own_generator(seed, epoch)):
+            if "pixels" not in b:
+                pending += b["skipped"]
+                continue
+            b["skipped"], pending = b["skipped"] + pending, 0
             got += 1
             yield b
         if got == 0:

@@ -6,7 +6,8 @@ OUT/images/000000.png ...
 OUT/captions.json   [{"image": "images/000000.png", "caption": [clean captions]}]   (BLIP caption JSON)
 OUT/web.json        [{"image": ..., "caption": web alt-text, "kind": clean|wrong_colour|...}]
 OUT/vqa.json        [{"image": ..., "question": ..., "answer": ...}]                   (BLIP VQA JSON)
-OUT/shards/000000.tar ...  (with --shards) img2dataset layout: {key}.jpg, {key}.txt (web text), {key}.json
+OUT/shards/000000.tar ...  (with --shards) img2dataset layout: {key}.jpg, {key}.txt (web text), {key}.json,
+                           and 000000_stats.json beside each shard ({"count": n, "successes": n})
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def write_scene_json(out: str | Path, count: int, size: int = 128, seed: int = 0
 
 def write_scene_shards(out: str | Path, count: int, shards: int, size: int = 128, seed: int = 0,
                        max_objects: int = 3, noise: float = 0.0) -> list[Path]:
-    """``shards`` tar files of ``count`` samples in total, img2dataset layout."""
+    """``shards`` tar files of ``count`` samples in total, img2dataset layout (with its per-shard
+    ``_stats.json``, which lets a reader count what a shard cut short lost)."""
     import webdataset as wds
 
     out = Path(out)
@@ -63,6 +65,9 @@ def write_scene_shards(out: str | Path, count: int, shards: int, size: int = 128
     finally:
         for w in writers:
             w.close()
+    for s, path in enumerate(paths):
+        n = len(range(s, count, shards))
+        path.with_name(f"{path.stem}_stats.json").write_text(json.dumps({"count": n, "successes": n}))
     return paths
 
 

@@ -221,3 +221,74 @@ def test_scene_vocab_and_tokenizer(tmp_path):
     cfg = preset("tiny", ("caption",), **text_ids(tok))
     assert cfg.text.vocab_size == tok.vocab_size and cfg.text.dec_id == tok.dec_id and cfg.text.sep_id == tok.sep_id
     tok.check_model(cfg.text)
+
+
+# --- web shards cut short, empty captions ------------------------------------------------------
+
+def _cut(path, fraction: float) -> None:
+    """Cut a file short, as a copy or download that stopped would (mid-member, not on a block)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction) | 1])
+
+
+def _read_all(urls: str) -> tuple[list[dict], int]:
+    """One pass over ``urls`` in order -> (good samples, skips counted, trailing ones included)."""
+    ds = WebCaptions(urls, ImageTransform(16), seed=0, shuffle_buffer=0)
+    ds.set_epoch(0)
+    items = list(ds)
+    good = [s for s in items if "pixels" in s]
+    return good, sum(s["skipped"] for s in items)
+
+
+def test_a_shard_cut_short_counts_every_sample_it_lost(tmp_path):
+    # write_scene_shards writes img2dataset's 000000_stats.json ("successes": 20) beside the shard
+    shard = write_scene_shards(tmp_path, count=20, shards=1, size=16)[0]
+    _cut(shard, 0.6)
+    good, skipped = _read_all(str(shard))
+    assert 5 < len(good) < 15
+    assert len(good) + skipped == 20  # every sample is trained on or counted
+
+
+def test_a_shard_cut_short_without_stats_counts_at_least_the_sample_at_the_cut(tmp_path):
+    shard = write_scene_shards(tmp_path, count=20, shards=1, size=16)[0]
+    (tmp_path / "000000_stats.json").unlink()
+    whole, _ = _read_all(str(shard))
+    _cut(shard, 0.6)
+    good, skipped = _read_all(str(shard))
+    assert skipped == 1 and [s["image_id"] for s in good] == [s["image_id"] for s in whole[: len(good)]]
+
+
+def test_lost_samples_reach_the_batches_even_after_the_last_full_batch(tmp_path):
+    """A shard's losses are reported at its end, after the last full batch: they must ride on the
+    next batch (of the next pass), not vanish with the unfinished one."""
+    shard = write_scene_shards(tmp_path, count=20, shards=1, size=16)[0]
+    _cut(shard, 0.6)
+    good, skipped = _read_all(str(shard))
+    ds = WebCaptions(str(shard), ImageTransform(16), seed=0, shuffle_buffer=0)
+    per_pass = len(good) // 4
+    batches = list(epoch_batches(ds, epoch=0, start=0, steps=per_pass + 1, batch=4, rank=0, world=1, seed=0,
+                                 workers=0))
+    assert len(batches) == per_pass + 1 and all(len(b["pixels"]) == 4 for b in batches)
+    assert sum(b["skipped"] for b in batches) == skipped == 20 - len(good)
+
+
+def test_web_samples_with_empty_captions_are_skipped_and_counted(tmp_path):
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "000000.tar")) as w:
+        for key, text in (("a", "A red circle."), ("b", "  "), ("c", "..."), ("d", "a blue square")):
+            w.write({"__key__": key, "jpg": _jpeg(), "txt": text})
+    good, skipped = _read_all(str(tmp_path / "000000.tar"))
+    assert [s["caption"] for s in good] == ["a red circle", "a blue square"] and skipped == 2
+
+
+def test_json_captions_that_are_empty_after_cleaning_are_skipped_and_counted(tmp_path, caplog):
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "a.png")
+    (tmp_path / "ann.json").write_text(json.dumps([{"image": "a.png", "caption": ["a red square", "", " ... ", "#"]}]))
+    with caplog.at_level("WARNING", logger="training.data"):
+        ds = JsonCaptions(str(tmp_path / "ann.json"), str(tmp_path), ImageTransform(16))
+    assert [c for _, c in ds.pairs] == ["a red square"] and ds.empty_captions == 3
+    assert "3 captions" in caplog.text and "empty after cleaning" in caplog.text
+    (tmp_path / "ann.json").write_text(json.dumps([{"image": "a.png", "caption": "..."}]))
+    with pytest.raises(DatasetError, match="every caption .* is empty"):
+        JsonCaptions(str(tmp_path / "ann.json"), str(tmp_path), ImageTransform(16))
