@@ -83,7 +83,10 @@ def _typed(value: Any, default: Any) -> Any:
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise TypeError("not an integer")
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # "twenty", "20.5", or more digits than int() takes
+            raise ValueError("not an integer") from None
     if isinstance(default, bytes):
         if not isinstance(value, (bytes, bytearray, QByteArray)):
             raise TypeError("not a byte blob")
