@@ -11,7 +11,9 @@ frames that differs from it by at most a few 8-bit levels (numbers in its docstr
 Safety rules, because images come from users and the network:
 
 * Sizes are checked from the *header*, before any pixel is decoded: more than :data:`MAX_PIXELS`
-  is refused, so a 100-byte PNG that claims 40000 x 40000 costs nothing.
+  is refused, so a 100-byte PNG that claims 40000 x 40000 costs nothing, and so is a side more
+  than :data:`MAX_ASPECT_RATIO` times the other (a 64000000 x 1 strip is within the pixel limit,
+  but resizing it took 15 s and 2.7 GB).
 * Only common raster formats are decoded (:data:`SUPPORTED_FORMATS`). PIL would otherwise also
   try e.g. EPS (which runs Ghostscript) and a long tail of rarely audited decoders.
 * Images are fully decoded (``.load()``) inside :func:`load_image`, so a truncated file fails
@@ -64,6 +66,7 @@ from .errors import BadImageError, BadInputError
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "MAX_ASPECT_RATIO",
     "MAX_PIXELS",
     "SUPPORTED_FORMATS",
     "frame_to_array",
@@ -84,6 +87,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # It still admits every common camera output (48-50 MP phone sensors are 8000 x 6000 / 8160 x 6144)
 # and is stricter than PIL's default (~89 MP warning, ~179 MP error) on purpose.
 MAX_PIXELS = 8000 * 8000
+
+# Most elongated image we agree to resize: 100:1. Resizing builds a filter table per axis of
+# ~32 bytes per source pixel of that axis (PIL's bicubic, and torch's antialiased port of it), so
+# within MAX_PIXELS the longest side (8000 * sqrt(100) = 80000 px) bounds it to ~2.6 MB; a
+# 64000000 x 1 strip needed 2 GB and 15 s. Nothing is lost: BLIP squashes every image to a square,
+# and at 100:1 the long side is already shrunk 100 times more than the short one. Panoramas
+# (~10:1), web banners (728 x 90) and receipts fit with room.
+MAX_ASPECT_RATIO = 100
 
 # Largest accepted ``image_size``: a guard against typos (S=38400 would allocate 17 GB of floats).
 MAX_IMAGE_SIZE = 4096
@@ -124,7 +135,8 @@ def load_image(source: ImageSource) -> Image.Image:
 
     Raises:
         BadImageError: missing/unreadable/empty/corrupt/truncated file, not a supported image,
-            more than :data:`MAX_PIXELS` pixels, or an array of the wrong dtype/shape.
+            more than :data:`MAX_PIXELS` pixels, more elongated than :data:`MAX_ASPECT_RATIO`:1,
+            or an array of the wrong dtype/shape.
         BadInputError: ``source`` is of an unsupported type.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -198,14 +210,16 @@ def _open(fp: io.IOBase, what: str) -> Image.Image:
 
 def _finish(img: Image.Image, what: str) -> Image.Image:
     """Size check from the header, full decode, EXIF orientation, conversion to RGB."""
-    _check_pixel_count(img.size, what)  # before .load(): the header size costs no memory
+    _check_size(img.size, what)  # before .load(): the header size costs no memory
     with _decoding(what):
         img.load()  # forces the full decode so truncation/corruption surfaces here
     img = _apply_exif_orientation(img)
     return _to_rgb(img, what)
 
 
-def _check_pixel_count(size: tuple[int, int], what: str) -> None:
+def _check_size(size: tuple[int, int], what: str) -> None:
+    """Refuse an empty image, one above :data:`MAX_PIXELS` or one more elongated than
+    :data:`MAX_ASPECT_RATIO`: from its size alone, before any pixel is decoded or resized."""
     width, height = size
     if width <= 0 or height <= 0:
         raise BadImageError(f"{what} has no pixels ({width}x{height}): pass a non-empty image")
@@ -214,6 +228,12 @@ def _check_pixel_count(size: tuple[int, int], what: str) -> None:
             f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, above the "
             f"{MAX_PIXELS / 1e6:.0f} MP limit (blip_core.preprocess.MAX_PIXELS; the model sees it at "
             "a few hundred pixels anyway): downscale it first"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImageError(
+            f"{what} is {width}x{height}, more elongated than {MAX_ASPECT_RATIO}:1 (blip_core.preprocess."
+            "MAX_ASPECT_RATIO; the model squashes every image to a square, so nothing of it would survive): "
+            "crop it to the part to describe"
         )
 
 
@@ -275,7 +295,7 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
             f"{what} has the wrong shape: expected HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey), "
             "channels last; for CxHxW use a.transpose(1, 2, 0)"
         )
-    _check_pixel_count((arr.shape[1], arr.shape[0]), what)
+    _check_size((arr.shape[1], arr.shape[0]), what)
     # fromarray infers L / RGB / RGBA from the shape of a uint8 array.
     return Image.fromarray(np.ascontiguousarray(arr))
 
@@ -480,7 +500,7 @@ def frame_to_array(frame: np.ndarray, image_size: int) -> np.ndarray:
     what = f"camera frame of shape {frame.shape}"
     if frame.size == 0:
         raise BadImageError(f"{what} is empty: the camera returned no pixels")
-    _check_pixel_count((frame.shape[1], frame.shape[0]), what)
+    _check_size((frame.shape[1], frame.shape[0]), what)
     return _resize_frame(frame, size)
 
 

@@ -32,18 +32,27 @@ def _odd_images(tmp_path):
         "palette": _save(rgb.convert("P"), tmp_path / "p.png"),
         "grey+alpha": _save(rgb.convert("LA"), tmp_path / "la.png"),
         "exif-rotated": _save(rgb, tmp_path / "rot.jpg", "JPEG", exif=exif),
-        "huge-aspect": _save(Image.new("RGB", (2000, 3), (0, 0, 255)), tmp_path / "strip.png"),
+        # the most elongated image accepted (preprocess.MAX_ASPECT_RATIO); 2000x3 is refused below
+        "huge-aspect": _save(Image.new("RGB", (2000, 20), (0, 0, 255)), tmp_path / "strip.png"),
     }
 
 
+def _png_bytes(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
 def _bad_files(tmp_path):
-    good = io.BytesIO()
-    Image.fromarray(natural_image(64, 64)).save(good, "PNG")
+    good = _png_bytes(Image.fromarray(natural_image(64, 64)))
     files = {
-        "truncated": good.getvalue()[: len(good.getvalue()) // 2],
+        "truncated": good[: len(good) // 2],
         "empty": b"",
         "text": b"this is not an image",
         "bomb-40000x40000": png_claiming_size(40000, 40000),
+        # beyond 100:1 nothing survives the squash to a square, and resizing a 64000000x1 strip
+        # took 2.7 GB (tests/hostile/test_hostile_library.py)
+        "strip-2000x3": _png_bytes(Image.new("RGB", (2000, 3), (0, 0, 255))),
         "garbage-jpeg": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4,
     }
     out = {}
