@@ -25,12 +25,13 @@ import json
 import logging
 import os
 import re
+import reprlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from .config import BlipConfig, TextConfig, VisionConfig
+from .config import MISSING, BlipConfig, TextConfig, as_object, checked_config
 from .errors import CheckpointError, import_torch
 from .tokenizer import BERT_VOCAB, BlipTokenizer
 
@@ -64,7 +65,7 @@ class TensorSource:
     def from_dict(cls, sd: dict[str, torch.Tensor]) -> "TensorSource":
         import torch
 
-        tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         return cls({k: tuple(v.shape) for k, v in tensors.items()}, tensors.__getitem__)
 
     @classmethod
@@ -114,10 +115,25 @@ def _torch_load(path: Path):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        hint = ("it holds pickled Python objects that are not loaded for safety; re-save its state_dict"
-                if "Unsupported global" in str(e)  # a garbled file fails the weights-only unpickler too
-                else "the file is damaged or not a PyTorch checkpoint; download it again")
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}; {hint}") from e
+        raise CheckpointError(_unreadable(path, e)) from e
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why torch could not read ``path``. torch's own text for a pickle its weights-only loader
+    refuses advises re-running with ``weights_only=False``, i.e. running whatever code the pickle
+    holds; that advice is never passed on."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return f"cannot read {path}: {type(e).__name__}: {text.splitlines()[0][:200] if text else ''}; the file " \
+               "is damaged or not a PyTorch checkpoint; download it again"
+    if "Unsupported operand" in text:  # bytes that are no pickle at all (a garbled or truncated file)
+        return f"cannot read {path}: it is not a pickle of tensors; the file is damaged or not a PyTorch " \
+               "checkpoint; download it again"
+    culprit = re.search(r"GLOBAL ([\w.]+)", text)
+    what = f"its pickle imports {culprit.group(1)}" if culprit else "its pickle builds Python objects"
+    return (f"cannot read {path}: it is not a plain weights file ({what}) and was refused for safety, since "
+            "loading it could run code; use the model's safetensors release, or re-save only its tensors "
+            "(the state_dict) on a machine where the file is trusted")
 
 
 # --------------------------------------------------------------- key name rules
@@ -266,29 +282,41 @@ def _heads(width: int, what: str) -> int:
     return width // HEAD_DIM
 
 
-def infer_salesforce_config(shapes: dict[str, tuple], tasks: tuple[str, ...], image_size: int | None) -> BlipConfig:
-    """Rebuild the architecture from tensor shapes (base/large, patch, grid, vocab, depths)."""
+def infer_salesforce_config(shapes: dict[str, tuple], tasks: tuple[str, ...], image_size=None, where: str = "",
+                            image_size_key: str = "config.image_size") -> BlipConfig:
+    """Rebuild the architecture from tensor shapes (base/large, patch, grid, vocab, depths).
+    ``image_size`` (from the checkpoint's saved config, under ``image_size_key``) overrides the
+    size the position embeddings were trained at; ``where`` (the file) prefixes error messages."""
     try:
         width = shapes["visual_encoder.cls_token"][-1]
         patch = shapes["visual_encoder.patch_embed.proj.weight"][-1]
-        grid = int(round((shapes["visual_encoder.pos_embed"][1] - 1) ** 0.5))
+        grid = int(round(max(shapes["visual_encoder.pos_embed"][1] - 1, 0) ** 0.5))
         text_prefix = next(p for p in ("text_decoder.bert.", "text_encoder.") if f"{p}embeddings.word_embeddings.weight" in shapes)
         vocab, twidth = shapes[f"{text_prefix}embeddings.word_embeddings.weight"]
         mlp = shapes[f"{text_prefix}encoder.layer.0.intermediate.dense.weight"][0]
         max_pos = shapes[f"{text_prefix}embeddings.position_embeddings.weight"][0]
-    except (KeyError, StopIteration, IndexError) as e:
-        raise CheckpointError(f"not a BLIP checkpoint: missing {e}") from e
-    vision = VisionConfig(
-        image_size=image_size or grid * patch, patch_size=patch, width=width,
-        layers=_count_layers(shapes, r"visual_encoder\.blocks\.(\d+)\."), heads=_heads(width, "vision"),
-        mlp_dim=shapes["visual_encoder.blocks.0.mlp.fc1.weight"][0], eps=1e-6,
-    )
-    text = TextConfig(
-        vocab_size=vocab, width=twidth, layers=_count_layers(shapes, re.escape(text_prefix) + r"encoder\.layer\.(\d+)\."),
-        heads=_heads(twidth, "text"), mlp_dim=mlp, max_positions=max_pos, dec_id=vocab - 2, enc_id=vocab - 1,
-    )
-    embed = shapes.get("vision_proj.weight", (256,))[0]
-    return BlipConfig(vision=vision, text=text, tasks=tasks, embed_dim=embed)
+        vision_mlp = shapes["visual_encoder.blocks.0.mlp.fc1.weight"][0]
+        embed = shapes.get("vision_proj.weight", (256,))[0]
+    except (KeyError, StopIteration, IndexError, ValueError) as e:
+        raise CheckpointError(f"{where}not a BLIP checkpoint: missing {e}") from e
+    values = {
+        "vision.image_size": image_size if image_size is not None else grid * patch, "vision.patch_size": patch,
+        "vision.width": width, "vision.layers": _count_layers(shapes, r"visual_encoder\.blocks\.(\d+)\."),
+        "vision.heads": _heads(width, "vision"), "vision.mlp_dim": vision_mlp, "vision.eps": 1e-6,
+        "text.vocab_size": vocab, "text.width": twidth, "text.heads": _heads(twidth, "text"),
+        "text.layers": _count_layers(shapes, re.escape(text_prefix) + r"encoder\.layer\.(\d+)\."),
+        "text.mlp_dim": mlp, "text.max_positions": max_pos, "text.eps": TextConfig.eps,
+        "text.pad_id": TextConfig.pad_id, "text.cls_id": TextConfig.cls_id, "text.sep_id": TextConfig.sep_id,
+        "text.dec_id": vocab - 2,
+        "text.enc_id": vocab - 1, "embed_dim": embed,
+    }
+
+    def name(field: str) -> str:
+        if field == "vision.image_size" and image_size is not None:
+            return image_size_key
+        return f"{field} (inferred from the weights' shapes)"
+
+    return checked_config(values, tasks, name, where)
 
 
 def salesforce_tasks(keys: Iterable[str]) -> tuple[str, ...]:
@@ -321,25 +349,43 @@ LAVIS_ARCH_TASKS = {
 }
 
 
-def hf_config(hf: dict) -> BlipConfig:
+# our field -> (transformers' sub-config, its key); transformers' defaults fill what a file omits
+HF_FIELDS = {
+    "vision.image_size": ("vision_config", "image_size"), "vision.patch_size": ("vision_config", "patch_size"),
+    "vision.width": ("vision_config", "hidden_size"), "vision.layers": ("vision_config", "num_hidden_layers"),
+    "vision.heads": ("vision_config", "num_attention_heads"), "vision.mlp_dim": ("vision_config", "intermediate_size"),
+    "vision.eps": ("vision_config", "layer_norm_eps"),
+    "text.vocab_size": ("text_config", "vocab_size"), "text.width": ("text_config", "hidden_size"),
+    "text.layers": ("text_config", "num_hidden_layers"), "text.heads": ("text_config", "num_attention_heads"),
+    "text.mlp_dim": ("text_config", "intermediate_size"),
+    "text.max_positions": ("text_config", "max_position_embeddings"), "text.eps": ("text_config", "layer_norm_eps"),
+    "text.pad_id": ("text_config", "pad_token_id"), "text.sep_id": ("text_config", "sep_token_id"),
+    "text.dec_id": ("text_config", "bos_token_id"), "embed_dim": ("", "image_text_hidden_size"),
+}
+
+
+def hf_config(hf: dict, where: str = "config.json: ") -> BlipConfig:
+    """Our config from a transformers BLIP ``config.json`` (its fields checked, errors prefixed
+    with ``where``)."""
     if hf.get("model_type") != "blip":
-        raise CheckpointError(f"config.json describes a {hf.get('model_type')!r} model, not BLIP")
-    archs = [a for a in hf.get("architectures") or [] if a in HF_ARCHITECTURES]
+        raise CheckpointError(f"{where}describes a {reprlib.repr(hf.get('model_type'))} model, not BLIP")
+    listed = hf.get("architectures")
+    archs = [a for a in listed if isinstance(a, str) and a in HF_ARCHITECTURES] if isinstance(listed, list) else []
     if not archs:
-        raise CheckpointError(
-            f"unsupported BLIP architecture {hf.get('architectures')}; expected one of {sorted(HF_ARCHITECTURES)}"
-        )
-    t = {**HF_TEXT_DEFAULTS, **(hf.get("text_config") or {})}
-    v = {**HF_VISION_DEFAULTS, **(hf.get("vision_config") or {})}
-    text = TextConfig(vocab_size=t["vocab_size"], width=t["hidden_size"], layers=t["num_hidden_layers"],
-                      heads=t["num_attention_heads"], mlp_dim=t["intermediate_size"],
-                      max_positions=t["max_position_embeddings"], eps=t["layer_norm_eps"], pad_id=t["pad_token_id"],
-                      sep_id=t["sep_token_id"], dec_id=t["bos_token_id"], enc_id=t["bos_token_id"] + 1)
-    vision = VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
-                          layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
-                          mlp_dim=v["intermediate_size"], eps=v["layer_norm_eps"])
-    return BlipConfig(vision=vision, text=text, tasks=HF_ARCHITECTURES[archs[0]],
-                      embed_dim=hf.get("image_text_hidden_size", 256))
+        raise CheckpointError(f"{where}unsupported BLIP architecture {reprlib.repr(listed)}; expected one of "
+                              f"{sorted(HF_ARCHITECTURES)}")
+    subs = {"": {"image_text_hidden_size": 256, **hf}}
+    for sub, defaults in (("text_config", HF_TEXT_DEFAULTS), ("vision_config", HF_VISION_DEFAULTS)):
+        given = hf.get(sub)
+        subs[sub] = {**defaults, **as_object({} if given is None else given, where + sub)}
+    values = {ours: subs[sub].get(key, MISSING) for ours, (sub, key) in HF_FIELDS.items()}
+    names = {ours: ".".join(filter(None, pair)) for ours, pair in HF_FIELDS.items()}
+    dec = values["text.dec_id"]
+    # [ENC] follows [DEC]; a bad bos_token_id is reported as itself
+    values["text.enc_id"] = dec + 1 if isinstance(dec, int) and not isinstance(dec, bool) else dec
+    names["text.enc_id"] = "text_config.bos_token_id + 1 (the [ENC] id)"
+    values["text.cls_id"] = TextConfig.cls_id  # transformers' config has none; the model never reads it
+    return checked_config(values, HF_ARCHITECTURES[archs[0]], lambda field: names.get(field, field), where)
 
 
 # ----------------------------------------------------------------- reading
@@ -359,7 +405,7 @@ def _vocab_for(folder: Path, cfg: BlipConfig) -> Path:
         if (folder / name).is_file():
             return folder / name
     if (folder / "tokenizer.json").is_file():
-        vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+        vocab = _tokenizer_json_vocab(folder / "tokenizer.json")
         out = Path(tempfile.gettempdir()) / f"blip-vocab-{abs(hash(str(folder)))}.txt"
         out.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
         return out
@@ -368,38 +414,79 @@ def _vocab_for(folder: Path, cfg: BlipConfig) -> Path:
     raise CheckpointError(f"no vocab.txt in {folder} and the vocabulary ({cfg.text.vocab_size}) is not BERT's")
 
 
+def _tokenizer_json_vocab(path: Path) -> dict[str, int]:
+    """The WordPiece vocabulary (token -> id) of a tokenizers ``tokenizer.json``."""
+    model = read_json(path).get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not (isinstance(vocab, dict) and vocab and all(type(i) is int for i in vocab.values())):
+        raise CheckpointError(f"{path}: model.vocab must be an object of token ids; put the model's vocab.txt "
+                              "next to it instead")
+    return vocab
+
+
+MAX_JSON_BYTES = 16 << 20  # a model's config.json is a few kB; anything this big is not one
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; a missing, unreadable, garbled or non-object file is a
+    CheckpointError naming it (a FileNotFoundError is let through for callers to explain)."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; it is not a model's config")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, giant integers
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}; the file is damaged, "
+                              "download or convert it again") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object ({{...}}), not a {type(data).__name__}; "
+                              "the file is damaged, download or convert it again")
+    return data
+
+
 def _weight_files(folder: Path) -> tuple[str, list[Path]]:
     if (folder / "model.safetensors").is_file():
         return "safetensors", [folder / "model.safetensors"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return "safetensors", [folder / n for n in names]
+        return "safetensors", [folder / n for n in _shard_names(index)]
     if (folder / "pytorch_model.bin").is_file():
         return "torch", [folder / "pytorch_model.bin"]
     raise CheckpointError(f"{folder} has no model.safetensors or pytorch_model.bin")
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The weight files a sharded checkpoint's index lists: plain file names of its own folder
+    (an entry like ``../../x`` would read a file from elsewhere)."""
+    weight_map = read_json(index).get("weight_map")
+    names = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+    if not names or not all(isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..") for n in names):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to file names in its folder; "
+                              "the file is damaged, download it again")
+    return sorted(names)
+
+
 def _open_folder(folder: Path) -> Checkpoint:
+    path = folder / "config.json"
     try:
-        meta = json.loads((folder / "config.json").read_text())
+        meta = read_json(path)
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder} has no config.json; is it a model folder?") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {folder / 'config.json'}: {e}") from e
     if "engine" in meta and "blipcam" in meta:  # converted graphs (``blip convert``), read by the int8 runtime
-        cfg = BlipConfig.from_dict(meta["blipcam"])
+        cfg = BlipConfig.from_dict(meta["blipcam"], where=f"{path}: ", key="blipcam.")
         return Checkpoint(cfg, TensorSource({}, {}.__getitem__), None, _vocab_for(folder, cfg),
                           LoadReport(str(folder), INT8_FORMAT))
+    # the config is checked before any weight file is opened
+    cfg = BlipConfig.from_dict(meta["blipcam"], where=f"{path}: ", key="blipcam.") if "blipcam" in meta \
+        else hf_config(meta, where=f"{path}: ")
     kind, files = _weight_files(folder)
     if kind == "safetensors":
         tensors = TensorSource.from_safetensors(files)
     else:
         tensors = _DeferredTensorSource(lambda: TensorSource.from_dict(_torch_load(files[0])))
     if "blipcam" in meta:
-        cfg = BlipConfig.from_dict(meta["blipcam"])
         return Checkpoint(cfg, tensors, None, _vocab_for(folder, cfg), LoadReport(str(folder), "blipcam"))
-    cfg = hf_config(meta)
     decoder = "answer_decoder" if cfg.tasks == ("vqa",) else "text_decoder"
     return Checkpoint(cfg, tensors, _routes("vision_model.", VIT_HF_KEYS, decoder), _vocab_for(folder, cfg),
                       LoadReport(str(folder), "hf"))
@@ -414,16 +501,17 @@ def _open_pth(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a Salesforce/LAVIS BLIP checkpoint (no visual_encoder.* weights)")
     tensors = TensorSource.from_dict(sd)
     saved = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    arch = (saved.get("model") or {}).get("arch") if isinstance(saved.get("model"), dict) else None
+    arch = saved["model"].get("arch") if isinstance(saved.get("model"), dict) else None
     if arch is not None:  # LAVIS runners save their OmegaConf config with the model arch
-        fmt = "lavis"
-        if arch not in LAVIS_ARCH_TASKS:
-            raise CheckpointError(f"unsupported LAVIS architecture {arch!r}; expected one of {sorted(LAVIS_ARCH_TASKS)}")
+        fmt, key = "lavis", "config.model.image_size"
+        if not isinstance(arch, str) or arch not in LAVIS_ARCH_TASKS:
+            raise CheckpointError(f"{path}: unsupported LAVIS architecture {reprlib.repr(arch)}; expected one of "
+                                  f"{sorted(LAVIS_ARCH_TASKS)}")
         tasks, image_size = LAVIS_ARCH_TASKS[arch], saved["model"].get("image_size")
     else:
-        fmt = "salesforce"
+        fmt, key = "salesforce", "config.image_size"
         tasks, image_size = salesforce_tasks(tensors.keys()), saved.get("image_size")
-    cfg = infer_salesforce_config(tensors.shapes, tasks, image_size)
+    cfg = infer_salesforce_config(tensors.shapes, tasks, image_size, where=f"{path}: ", image_size_key=key)
     decoder = "answer_decoder" if tasks == ("vqa",) else "text_decoder"
     return Checkpoint(cfg, tensors, _routes("visual_encoder.", VIT_TIMM_KEYS, decoder),
                       _vocab_for(path.parent, cfg), LoadReport(str(path), fmt))

@@ -6,8 +6,12 @@ it is saved next to the weights (``config.json``) so a checkpoint rebuilds itsel
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+import math
+import reprlib
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping
+
+from .errors import CheckpointError
 
 TASKS = ("caption", "vqa", "match")
 
@@ -83,13 +87,20 @@ class BlipConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BlipConfig":
-        return cls(
-            vision=VisionConfig(**d["vision"]),
-            text=TextConfig(**d["text"]),
-            tasks=tuple(d["tasks"]),
-            embed_dim=d.get("embed_dim", 256),
-        )
+    def from_dict(cls, d: Any, where: str = "", key: str = "") -> "BlipConfig":
+        """The inverse of ``to_dict``, for a dict read from a file: every field is checked
+        (``checked_config``). Errors name the file (``where``, e.g. ``".../config.json: "``) and
+        the field under ``key``, the dict's place in the file (e.g. ``"blipcam."``)."""
+        d = as_object(d, where + (key.rstrip(".") or "the config"))
+        values: dict[str, Any] = {"embed_dim": d.get("embed_dim", 256)}
+        for part in ("vision", "text"):
+            sub = as_object(d.get(part, MISSING), f"{where}{key}{part}")
+            unknown = sorted(set(sub) - {f.name for f in fields(_PARTS[part])})
+            if unknown:
+                raise CheckpointError(f"{where}{key}{part} has unknown fields {', '.join(map(str, unknown))}; "
+                                      "was it written by another program?")
+            values.update({f"{part}.{k}": v for k, v in sub.items()})
+        return checked_config(values, d.get("tasks", MISSING), lambda name: key + name, where)
 
     def with_tasks(self, *tasks: str) -> "BlipConfig":
         return replace(self, tasks=tuple(tasks))
@@ -119,3 +130,109 @@ def preset(name: str, tasks: tuple[str, ...] = ("caption",), **text_overrides) -
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(VISION_PRESETS)}")
     text = TEXT_PRESETS.get(name, TEXT_PRESETS["base"])
     return BlipConfig(vision=VISION_PRESETS[name], text=replace(text, **text_overrides), tasks=tasks)
+
+
+# ------------------------------------------------------------------ validation
+# Every field a checkpoint's config sets is checked against these bounds before anything is built
+# from it: a config.json claiming image_size 1e6 made resample_pos_embed ask for 8 TB, layers 1e9
+# built modules without end, heads 0 divided by zero. Every real BLIP fits with room (ViT-B/L:
+# width 768/1024, 12/24 layers, 12/16 heads, mlp 3072/4096, images 224-480 px in 16 px patches;
+# BERT-base text: width 768, 12 layers, vocab 30524, 512 positions), and so do the tests' and the
+# scene world's small models (width 32, 2 layers, 16-32 px images in 8 px patches, 2 heads).
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "vision.image_size": (16, 1024),
+    "vision.patch_size": (2, 64),
+    "vision.width": (8, 4096),
+    "vision.layers": (1, 64),
+    "vision.heads": (1, 128),
+    "vision.mlp_dim": (8, 32768),
+    "text.vocab_size": (8, 1_000_000),
+    "text.width": (8, 4096),
+    "text.layers": (1, 64),
+    "text.heads": (1, 128),
+    "text.mlp_dim": (8, 32768),
+    "text.max_positions": (8, 8192),
+    "text.pad_id": (0, 999_999),
+    "text.cls_id": (0, 999_999),
+    "text.sep_id": (0, 999_999),
+    "text.dec_id": (0, 999_999),
+    "text.enc_id": (0, 999_999),
+    "embed_dim": (1, 4096),
+}
+EPS_BOUNDS = (0.0, 0.1)  # LayerNorm epsilon, exclusive of 0 (BLIP: 1e-6 ViT, 1e-12 BERT; transformers 1e-5)
+MAX_GRID = 64  # patches per side (image_size / patch_size): the ViT runs grid**2 + 1 tokens (BLIP: 24-30)
+TOKEN_IDS = ("text.pad_id", "text.sep_id", "text.dec_id", "text.enc_id")  # rows of the word embeddings
+_PARTS = {"vision": VisionConfig, "text": TextConfig}
+FIELDS = tuple(f"{part}.{f.name}" for part, cls in _PARTS.items() for f in fields(cls)) + ("embed_dim",)
+MISSING = object()
+
+
+def invalid(name: str, expected: str, value: Any) -> CheckpointError:
+    """The error for field ``name`` holding ``value`` (or missing) where ``expected`` was due."""
+    if value is MISSING:
+        return CheckpointError(f"{name} is missing; it must be {expected}")
+    return CheckpointError(f"{name} must be {expected}, got {reprlib.repr(value)}")
+
+
+def as_object(value: Any, name: str) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object (a dict), else a CheckpointError naming ``name``."""
+    if not isinstance(value, Mapping):
+        raise invalid(name, "an object ({...})", value)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(field_name: str, value: Any, name: str) -> None:
+    if field_name.endswith(".eps"):
+        lo, hi = EPS_BOUNDS
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and lo < value <= hi):
+            raise invalid(name, f"a number in ({lo:g}, {hi:g}]", value)
+        return
+    lo, hi = INT_BOUNDS[field_name]
+    if not (_is_int(value) and lo <= value <= hi):
+        raise invalid(name, f"an integer in [{lo}, {hi}]", value)
+
+
+def _check_tasks(tasks: Any, name: str) -> tuple[str, ...]:
+    ok = isinstance(tasks, (list, tuple)) and tasks and all(isinstance(t, str) and t in TASKS for t in tasks)
+    if not ok:
+        raise invalid(name, f"a non-empty list of {', '.join(TASKS)}", tasks)
+    return tuple(tasks)
+
+
+def _check_shapes(v: Mapping[str, Any], name: Callable[[str], str], where: str) -> None:
+    """The relations between fields: heads divide widths, patches tile the image, token ids fit."""
+    for part in ("vision", "text"):
+        width, heads = v[f"{part}.width"], v[f"{part}.heads"]
+        if width % heads:
+            raise CheckpointError(f"{where}{name(part + '.width')} ({width}) must be a multiple of "
+                                  f"{name(part + '.heads')} ({heads})")
+    size, patch = v["vision.image_size"], v["vision.patch_size"]
+    if size % patch or size // patch > MAX_GRID:
+        raise CheckpointError(f"{where}{name('vision.image_size')} ({size}) must be a multiple of "
+                              f"{name('vision.patch_size')} ({patch}) with at most {MAX_GRID} patches a side")
+    for token in TOKEN_IDS:
+        if v[token] >= v["text.vocab_size"]:
+            raise CheckpointError(f"{where}{name(token)} ({v[token]}) must be below {name('text.vocab_size')} "
+                                  f"({v['text.vocab_size']})")
+
+
+def checked_config(values: Mapping[str, Any], tasks: Any, name: Callable[[str], str] = str,
+                   where: str = "") -> BlipConfig:
+    """The one way a config read from a file becomes a ``BlipConfig``. ``values`` maps every field
+    of :data:`FIELDS` (``"vision.width"``, ``"text.vocab_size"``, ``"embed_dim"``, ...) to the
+    value read; ``name(field)`` is that value's name in the file (e.g. ``vision_config.hidden_size``)
+    and ``where`` the file (``".../config.json: "``), for the error. Types and bounds are checked
+    field by field, then their relations; the first problem is a one-line CheckpointError naming
+    the field."""
+    for field_name in FIELDS:
+        _check_field(field_name, values.get(field_name, MISSING), where + name(field_name))
+    tasks = _check_tasks(tasks, where + name("tasks"))
+    _check_shapes(values, name, where)
+    part = {p: {f.name: values[f"{p}.{f.name}"] for f in fields(cls)} for p, cls in _PARTS.items()}
+    return BlipConfig(vision=VisionConfig(**part["vision"]), text=TextConfig(**part["text"]), tasks=tasks,
+                      embed_dim=values["embed_dim"])

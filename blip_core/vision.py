@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .errors import CheckpointError
 
 
 class PatchEmbed(nn.Module):
@@ -65,7 +66,8 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: int) -> torch.Tensor:
     if old_grid == new_grid:
         return pos_embed
     if old_grid * old_grid != patch_pos.shape[1]:
-        raise ValueError(f"position embedding of {patch_pos.shape[1]} patches is not a square grid")
+        raise CheckpointError(f"the position embedding holds {patch_pos.shape[1]} patches, not a square grid; "
+                              "the checkpoint is damaged or not a BLIP ViT")
     dim = patch_pos.shape[-1]
     grid = patch_pos.float().reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
