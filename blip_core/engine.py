@@ -208,7 +208,9 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
     if missing:
         raise CheckpointError(f"{ck.report.source} lacks {len(missing)} weights (e.g. {missing[0]})")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    # named for its entry and process, so one left by a killed conversion is known for what it is
+    # (runtime._remove_stale_conversions)
+    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{folder.name}-{os.getpid()}-", dir=folder.parent))
     try:
         parts = model_parts(ck.cfg)
         for n, part in enumerate(parts):
@@ -238,11 +240,20 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
         source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION,
                                                      "source": source, "tensors": len(wanted)}))
+        _sync_files(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sync_files(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk before it is renamed into place: after a power cut
+    the renamed folder could otherwise hold empty or partial files."""
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
