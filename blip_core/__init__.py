@@ -22,7 +22,7 @@ def demo_model_path() -> Path:
 def __getattr__(name: str):
     # torch is imported on first use of the model API, so ``import blip_core.errors`` (or the
     # results) stays instant for GUIs and command-line argument checking
-    if name in ("load", "Blip", "physical_cores"):
+    if name in ("load", "Blip", "physical_cores", "max_threads"):
         from . import api
 
         return getattr(api, name)
@@ -30,7 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "load", "Blip", "demo_model_path", "physical_cores",
+    "load", "Blip", "demo_model_path", "physical_cores", "max_threads",
     "BlipError", "BadImageError", "BadInputError", "CheckpointError", "MissingTorchError", "StorageError",
     "WeightsUnavailableError", "WrongTaskError",
     "CaptionResult", "AnswerResult", "MatchResult", "ImageFeatures", "Timings",

@@ -25,10 +25,10 @@ import numpy as np
 from .checkpoints import LoadReport, materialize, open_checkpoint
 from .config import TASKS
 from .errors import BadInputError, BlipError, WrongTaskError, import_torch
-from .generation import DecodingOptions, generate, log_softmax, softmax
+from .generation import DecodingOptions, generate, log_softmax, softmax, whole_number
 from .hub import Progress, fetch, looks_like_hub_id
 from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
-from .tokenizer import BlipTokenizer
+from .tokenizer import BlipTokenizer, require_text
 
 if TYPE_CHECKING:
     from .models import BlipModel
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "int8")
 MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length; longer questions are truncated
 MAX_TEXT_TOKENS = 35  # BLIP's retrieval / ITM text length
+MAX_THREADS = 256  # a hard ceiling whatever the CPU count (100000 threads segfaulted libgomp, 16 GB in ORT)
+MAX_RANKED = 100_000  # answers scored in full in VQA's rank mode (BLIP: k=128)
 
 
 def physical_cores() -> int:
@@ -55,6 +57,30 @@ def physical_cores() -> int:
     except (OSError, AttributeError):
         pass
     return max(1, os.cpu_count() or 1)
+
+
+def max_threads() -> int:
+    """The most inference threads worth asking for: 4 per CPU (beyond that they only contend),
+    at most :data:`MAX_THREADS`."""
+    return min(MAX_THREADS, 4 * (os.cpu_count() or 1))
+
+
+def _check_threads(threads) -> int | None:
+    if threads is not None:
+        whole_number("threads", threads, 1, max_threads(), f" (4 per CPU, at most {MAX_THREADS})")
+    return threads
+
+
+def _check_source(source) -> str:
+    if not isinstance(source, (str, os.PathLike)):
+        raise BadInputError(f"the model source must be a hub id or a path, got {type(source).__name__}")
+    text = os.fspath(source)
+    if not isinstance(text, str):  # a bytes path
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise BadInputError("the model source is empty: pass a hub id (e.g. Salesforce/blip-image-captioning-base), "
+                            "a model folder or a .pth file")
+    return text
 
 
 def _ms(t0: float) -> float:
@@ -155,11 +181,10 @@ class Blip:
         returned text; ``strategy`` defaults to beam search when ``num_beams > 1``, else greedy."""
         self._require("caption")
         opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
-                                     min_new_tokens=min(min_new_tokens, max_new_tokens), top_p=top_p,
+                                     min_new_tokens=min_new_tokens, top_p=top_p,
                                      repetition_penalty=repetition_penalty,
                                      num_return_sequences=num_return_sequences, seed=seed)
-        if not isinstance(prompt, str):
-            raise BadInputError("prompt must be text")
+        require_text(prompt, "the prompt")
         prompt_ids = self.tokenizer.prompt_ids(prompt)
         if len(prompt_ids) + max_new_tokens > self.cfg.text.max_positions:
             raise BadInputError(f"prompt too long: {len(prompt_ids)} tokens + {max_new_tokens} new exceed "
@@ -176,7 +201,7 @@ class Blip:
 
     # -------------------------------------------------------------- answers
     def _question_states(self, f: ImageFeatures, question: str):
-        if not isinstance(question, str) or not question.strip():
+        if question is None or not require_text(question, "the question").strip():
             raise BadInputError("the question is empty; type a question about the image")
         ids, mask = self.tokenizer.arrays(question.strip(), first="enc", max_length=MAX_QUESTION_TOKENS)
         ids, mask = self._in(ids), self._in(mask)
@@ -189,6 +214,13 @@ class Blip:
         """Answer a question about an image (or features): generated, or chosen from ``answers``
         (BLIP's rank mode: the ``k`` answers whose first token is likeliest are scored in full)."""
         self._require("vqa")
+        if answers is None:  # checked before any work is done
+            opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
+                                         min_new_tokens=min_new_tokens)
+        elif isinstance(answers, str) or not hasattr(answers, "__iter__"):
+            raise BadInputError("answers must be a list of candidate answers, not one text")
+        else:
+            whole_number("k", k, 1, MAX_RANKED)
         t0 = time.perf_counter()
         f, vt = self._features(image)
         t1 = time.perf_counter()
@@ -199,8 +231,6 @@ class Blip:
             ranked = self._rank(kv, mask, answers, k)
             text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
         else:
-            opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
-                                         min_new_tokens=min(min_new_tokens, max_new_tokens))
             session = self.model.decoder_session("answer_decoder", kv, mask)
             hyp = generate(session, np.array([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
                            pad_id=self.tokenizer.pad_id)[0][0]
@@ -261,7 +291,9 @@ class Blip:
 def _parse_tasks(task) -> tuple[str, ...] | None:
     if task is None:
         return None
-    tasks = (task,) if isinstance(task, str) else tuple(task)
+    tasks = (task,) if isinstance(task, str) else tuple(task) if isinstance(task, (list, tuple)) else None
+    if tasks is None:
+        raise BadInputError(f"task must be one of {', '.join(TASKS)} or a list of them, got {type(task).__name__}")
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise BadInputError(f"unknown task {bad or task!r}; use one or more of {', '.join(TASKS)}")
@@ -274,18 +306,16 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``.
 
     precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.engine``); threads: intra-op
-    threads (default: physical cores; int8 models in one process share one pool, sized by the
-    first); task: restrict to ``caption``/``vqa``/``match`` (or a list).
+    threads, 1 to :func:`max_threads` (default: physical cores; int8 models in one process share
+    one pool, sized by the first); task: restrict to ``caption``/``vqa``/``match`` (or a list).
     """
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise BadInputError("threads must be a positive integer")
-    threads = threads or physical_cores()
+    source_str = _check_source(source)
+    threads = _check_threads(threads) or physical_cores()
+    tasks = _parse_tasks(task)
     if "torch" in sys.modules or precision == "fp32":  # an int8 model alone never loads torch
         import_torch("precision='fp32'").set_num_threads(threads)
-    tasks = _parse_tasks(task)
-    source_str = os.fspath(source)
     path = fetch(source_str, progress) if looks_like_hub_id(source_str) else Path(source_str).expanduser()
     if progress:
         progress(0.0, f"loading {source_str}")
@@ -308,4 +338,4 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     return blip
 
 
-__all__ = ["Blip", "load", "BlipError", "physical_cores"]
+__all__ = ["Blip", "load", "BlipError", "physical_cores", "max_threads"]

@@ -1,17 +1,19 @@
 """The ``blip`` command: caption, ask, match, bench, export, convert and inspect from a shell.
 
-User errors (a bad image, an offline hub, a wrong checkpoint) print one line on stderr and exit 2;
-in a batch, the other images are still processed.
+User errors (a bad image, an offline hub, a wrong checkpoint, a bad option or argument) print one
+line on stderr and exit 2; in a batch, the other images are still processed. Options are checked
+before a model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from .errors import BlipError
+from .errors import BadInputError, BlipError
 
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
@@ -21,13 +23,53 @@ DEFAULT_MODELS = {
 
 
 def _fail(message: str) -> None:
-    print(f"blip: error: {message}", file=sys.stderr)
+    from .tokenizer import escaped
+
+    print(f"blip: error: {escaped(message)}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error (not usage + message)."""
+
+    def error(self, message: str):
+        raise BadInputError(f"{message} (see {self.prog} --help)")
+
+
+def _model_source(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the model is empty: give a hub id, a model folder or a .pth file")
+    return value
+
+
+def _texts(**named) -> None:
+    """Refuse user texts (a question, a prompt) that are not valid UTF-8, before any model loads."""
+    from .tokenizer import require_text
+
+    for what, values in named.items():
+        for value in values if isinstance(values, list) else [values]:
+            require_text(value, what.replace("_", " "))
+
+
+# the decoding options as this command spells them, for its messages
+FLAGS = {"num_beams": "--beams", "max_new_tokens": "--max-new-tokens", "min_new_tokens": "--min-new-tokens",
+         "top_p": "--top-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "strategy": "--strategy"}
+
+
+def _decoding(**options) -> dict:
+    """``options`` for Blip.caption/answer, checked before any model loads."""
+    from .generation import DecodingOptions
+
+    try:
+        DecodingOptions.build(**options)
+    except BadInputError as e:
+        raise BadInputError(re.sub(r"\b(" + "|".join(FLAGS) + r")\b", lambda m: FLAGS[m[1]], str(e))) from None
+    return options
 
 
 def _load(args, task: str):
     from . import demo_model_path, load
 
-    source = args.model or DEFAULT_MODELS[task]
+    source = DEFAULT_MODELS[task] if args.model is None else args.model
     try:
         return load(source, precision=args.precision, threads=args.threads, task=None if args.model else task)
     except BlipError as e:
@@ -45,17 +87,33 @@ def _local(model: str) -> Path:
 
 
 def _emit(args, record: dict, line: str) -> None:
-    print(json.dumps(record, ensure_ascii=False) if args.json else line, flush=True)
+    print(json.dumps(_utf8(record), ensure_ascii=False) if args.json else _utf8(line), flush=True)
+
+
+def _utf8(value):
+    """``value`` (a line or a record) with its strings writable as UTF-8: a file name that is not
+    valid UTF-8 appears with ``\\xNN`` escapes, so every line (JSON or not) is valid UTF-8."""
+    from .tokenizer import escaped
+
+    if isinstance(value, str):
+        return escaped(value)
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8(v) for v in value]
+    return value
 
 
 def cmd_caption(args) -> int:
+    _texts(the_prompt=args.prompt)
+    decoding = _decoding(num_beams=args.beams, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
+                         min_new_tokens=args.min_new_tokens, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty, seed=args.seed)
     m = _load(args, "caption")
     failed = 0
     for path in args.images:
         try:
-            r = m.caption(path, prompt=args.prompt, num_beams=args.beams, strategy=args.strategy,
-                          max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+            r = m.caption(path, prompt=args.prompt, **decoding)
         except BlipError as e:
             failed += 1
             _fail(f"{path}: {e}")
@@ -69,15 +127,18 @@ def cmd_caption(args) -> int:
 
 
 def cmd_ask(args) -> int:
+    answers = [a.strip() for a in args.answers.split(",")] if args.answers is not None else None
+    _texts(the_question=args.question, an_answer=answers or [])
+    decoding = _decoding(num_beams=args.beams)
     m = _load(args, "vqa")
-    answers = [a.strip() for a in args.answers.split(",")] if args.answers else None
-    r = m.answer(args.image, args.question, answers=answers, num_beams=args.beams)
+    r = m.answer(args.image, args.question, answers=answers, **decoding)
     _emit(args, {"image": str(args.image), "question": args.question, "answer": r.text,
                  "ranked": r.ranked[:5], "timings_ms": r.timings.as_dict()}, r.text)
     return 0
 
 
 def cmd_match(args) -> int:
+    _texts(a_text=args.texts)
     m = _load(args, "match")
     results = m.match(args.image, args.texts)
     for r in results:
@@ -133,14 +194,18 @@ def cmd_bench(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="hub id, model folder or .pth (default: the Salesforce checkpoint for the task)")
+    p.add_argument("--model", type=_model_source,
+                   help="hub id, model folder or .pth (default: the Salesforce checkpoint for the task)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads, 1 to 4 per CPU (default: physical cores)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line, in UTF-8: file names that are not valid UTF-8 appear with "
+                        "\\xNN escapes")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blip", description="BLIP captioning, VQA and image-text matching on the CPU")
+    parser = _Parser(prog="blip", description="BLIP captioning, VQA and image-text matching on the CPU")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("caption", help="caption one or more images")
@@ -171,21 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("export", help="write a checkpoint in the Hugging Face BLIP layout")
-    p.add_argument("model")
+    p.add_argument("model", type=_model_source)
     p.add_argument("output", type=Path)
     p.add_argument("--task", choices=("caption", "vqa", "match"), default=None)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="write a checkpoint's int8 graphs to a folder that loads without torch "
                                        "(e.g. convert on a desktop, run on a Pi)")
-    p.add_argument("model", help="hub id, model folder or .pth")
+    p.add_argument("model", type=_model_source, help="hub id, model folder or .pth")
     p.add_argument("output", type=Path, help="a new folder")
     p.add_argument("--task", choices=("caption", "vqa", "match"), action="append",
                    help="keep only this task (repeatable; default: all the checkpoint has)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="load a checkpoint and print its report")
-    p.add_argument("model")
+    p.add_argument("model", type=_model_source)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="side-by-side speed/memory benchmark; rewrites docs/benchmarks.md")
@@ -197,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except BlipError as e:
         _fail(str(e))

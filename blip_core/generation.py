@@ -13,14 +13,33 @@ stops when no running beam can beat the worst finished one.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import BadInputError
 
 STRATEGIES = ("greedy", "beam", "nucleus")
+MAX_NEW_TOKENS = 500
+MAX_BEAMS = 32
+MAX_RETURN_SEQUENCES = 32  # rows decoded side by side per image
+
+
+def whole_number(name: str, value: Any, lo: int, hi: int, why: str = "") -> None:
+    """A BadInputError unless ``value`` is an int (not a bool) in [lo, hi]; ``why`` explains the bound."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadInputError(f"{name} must be a whole number from {lo} to {hi}{why}, got {reprlib.repr(value)}")
+
+
+def _real(name: str, value: Any, lo: float, hi: float, lo_open: bool = True) -> None:
+    """A BadInputError unless ``value`` is a finite number in (lo, hi] (or [lo, hi])."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (lo < value if lo_open else lo <= value) and value <= hi):
+        span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise BadInputError(f"{name} must be a number in {span}, got {reprlib.repr(value)}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,11 @@ class DecodingOptions:
     @classmethod
     def build(cls, strategy: str | None = None, num_beams: int = 1, **kw) -> "DecodingOptions":
         """Resolve the user-facing pair (strategy, num_beams): no strategy means beam search when
-        ``num_beams > 1`` else greedy; ``strategy="beam"`` with fewer than 2 beams uses BLIP's 3."""
+        ``num_beams > 1`` else greedy; ``strategy="beam"`` with 1 beam uses BLIP's 3. A
+        ``min_new_tokens`` above ``max_new_tokens`` is capped to it. Every option is checked
+        first: a bad one (``num_beams=0``, ``top_p=nan``) is a BadInputError, never a silent
+        default."""
+        whole_number("num_beams", num_beams, 1, MAX_BEAMS)
         if strategy is None:
             strategy = "beam" if num_beams > 1 else "greedy"
         if strategy == "beam" and num_beams < 2:
@@ -47,24 +70,32 @@ class DecodingOptions:
         if strategy != "beam":
             num_beams = 1
         opts = cls(strategy=strategy, num_beams=num_beams, **kw)
+        opts._check_values()
+        if opts.min_new_tokens > opts.max_new_tokens:
+            opts = replace(opts, min_new_tokens=opts.max_new_tokens)
         opts.validate()
         return opts
 
+    def _check_values(self) -> None:
+        """Each option on its own: types and ranges."""
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+            raise BadInputError(f"unknown decoding strategy {reprlib.repr(self.strategy)}; use one of "
+                                f"{', '.join(STRATEGIES)}")
+        whole_number("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        whole_number("min_new_tokens", self.min_new_tokens, 0, MAX_NEW_TOKENS)
+        whole_number("num_beams", self.num_beams, 1, MAX_BEAMS)
+        whole_number("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
+        _real("top_p", self.top_p, 0.0, 1.0)
+        _real("temperature", self.temperature, 0.0, 100.0)
+        _real("repetition_penalty", self.repetition_penalty, 0.0, 100.0)
+        _real("length_penalty", self.length_penalty, -100.0, 100.0, lo_open=False)
+        if self.seed is not None:
+            whole_number("seed", self.seed, 0, 2**64 - 1)
+
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise BadInputError(f"unknown decoding strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        checks = [
-            (1 <= self.max_new_tokens <= 500, "max_new_tokens must be between 1 and 500"),
-            (0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens"),
-            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (1 <= self.num_beams <= 32, "num_beams must be between 1 and 32"),
-            (self.num_return_sequences >= 1, "num_return_sequences must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise BadInputError(message)
+        self._check_values()
+        if self.min_new_tokens > self.max_new_tokens:
+            raise BadInputError("min_new_tokens must be between 0 and max_new_tokens")
         if self.strategy == "greedy" and self.num_return_sequences > 1:
             raise BadInputError("greedy decoding returns one sequence; use beam or nucleus for several")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:

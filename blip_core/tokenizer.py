@@ -22,6 +22,30 @@ BERT_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
 First = Literal["cls", "enc", "dec"]
 
 
+def require_text(text, what: str = "the text") -> str:
+    """``text`` if it is a str that is valid Unicode; else a BadInputError naming ``what``. A
+    command-line argument that is not valid UTF-8 arrives with its bad bytes as lone surrogates
+    (``'\\udcff'``), which no tokenizer (and no UTF-8 file) can take."""
+    if not isinstance(text, str):
+        raise BadInputError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadInputError(f"{what} is not valid UTF-8 ('{escaped(text)}'): type it again or fix the "
+                            "terminal's encoding") from e
+    return text
+
+
+def escaped(text: str) -> str:
+    """``text`` writable as UTF-8: what is not valid Unicode in it (the undecodable bytes of a file
+    name or an argument, which Python keeps as lone surrogates) becomes ``\\xff`` escapes (other
+    lone surrogates ``\\udxxx``)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def read_vocab(path: str | Path) -> dict[str, int]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -68,7 +92,11 @@ class BlipTokenizer:
 
     def tokens(self, text: str) -> list[int]:
         """Word-piece ids of ``text`` without special tokens."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        except TypeError:  # not a str, or one with lone surrogates: say which
+            require_text(text)
+            raise
 
     def __call__(self, texts: str | Sequence[str], **options):
         """Texts -> (ids, mask), both LongTensor [B, T]; ``options`` as for :meth:`arrays`."""
@@ -94,8 +122,7 @@ class BlipTokenizer:
         budget = max_length - (2 if add_sep else 1)
         rows = []
         for text in texts:
-            if not isinstance(text, str):
-                raise BadInputError(f"expected text, got {type(text).__name__}")
+            require_text(text)
             rows.append([self._first[first]] + self.tokens(text)[:budget] + ([self.sep_id] if add_sep else []))
         width = max_length if padding == "max_length" else max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
