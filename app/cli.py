@@ -6,7 +6,6 @@ Argument errors print one line on stderr and exit with status 2, like ``blip``'s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
 from app.sources.base import SOURCE_HELP, SourceSpec, is_utf8, parse_source_spec, shown
 
-MAX_THREADS = 256
 # pacing faster than 100 images a second only burns the CPU; an hour apart is a still image already
 # (and an infinite interval would overflow the capture thread's wait)
 MIN_INTERVAL, MAX_INTERVAL = 0.01, 3600.0
@@ -59,12 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def max_threads() -> int:
-    """The most inference threads worth asking for: 4 per CPU, at most MAX_THREADS (beyond that a
-    thread pool only thrashes; 100000 threads hang the machine)."""
-    return min(MAX_THREADS, 4 * (os.cpu_count() or 1))
-
-
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     """Parse and validate; on error print one line to stderr and ``SystemExit(2)``."""
     parser = build_parser()
@@ -79,9 +71,8 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
         value = getattr(args, option)
         if value is not None and not value.strip():
             parser.error(f"--{option.replace('_', '-')} is empty; give a model id or path (or leave the option out)")
-    if args.threads is not None and not 1 <= args.threads <= max_threads():
-        parser.error(f"--threads must be in [1, {max_threads()}] (4 per CPU, at most {MAX_THREADS}), "
-                     f"got {args.threads}")
+    if args.threads is not None:
+        _check_threads(parser, args.threads)
     if args.exit_after_captions is not None and args.exit_after_captions < 1:
         parser.error(f"--exit-after-captions must be at least 1, got {args.exit_after_captions}")
     if not MIN_INTERVAL <= args.interval <= MAX_INTERVAL:
@@ -98,6 +89,15 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
             vqa = None
     models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
     return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings)
+
+
+def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:
+    """The library's bound (100000 threads hung the machine), checked here so the error comes
+    before Qt starts; blip_core is imported only when --threads is given (it costs ~0.2 s)."""
+    from blip_core.api import MAX_THREADS, max_threads
+
+    if not 1 <= threads <= max_threads():
+        parser.error(f"--threads must be in [1, {max_threads()}] (4 per CPU, at most {MAX_THREADS}), got {threads}")
 
 
 if __name__ == "__main__":  # handy for checking a command line: python -m app.cli --source ...
