@@ -80,6 +80,13 @@ def _quiet_offscreen() -> None:
     qInstallMessageHandler(handler)
 
 
+def _preflight() -> str:
+    """Why Qt cannot run here (see ``app.qt_preflight``), or "" when it can."""
+    from app import qt_preflight
+
+    return qt_preflight.platform_problem() or qt_preflight.binding_problem()
+
+
 def main(argv: list[str] | None = None, *, loader: Loader | None = None, source: FrameSource | None = None) -> int:
     """Run the app; returns the process exit status.
 
@@ -89,6 +96,10 @@ def main(argv: list[str] | None = None, *, loader: Loader | None = None, source:
     config: AppConfig = parse_args(argv)  # exits 2 with one line on stderr for bad arguments
     if config.exit_after_captions and not _has_display():
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a headless Pi / CI box can still self-check
+    problem = _preflight()
+    if problem:
+        print(f"blip-cam: error: {problem}", file=sys.stderr, flush=True)
+        return 2
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
