@@ -52,6 +52,12 @@ class FolderSource(FrameSource):
                 return image
         return None
 
+    @property
+    def end_message(self) -> str:  # type: ignore[override]
+        """What a pass that found nothing readable means: say why, not "the camera stopped"."""
+        first = next(iter(self.skipped.values()), "")
+        return f"has no readable images ({len(self.skipped)} skipped; the first: {first[:200]})"
+
     def read_meta(self) -> dict:
         return {"path": str(self._last)} if self._last else {}
 

@@ -151,6 +151,20 @@ def test_exit_after_captions_gives_up_on_an_empty_folder(tmp_path):
                         result.stderr), result.stderr
 
 
+def test_exit_after_captions_says_why_a_folder_of_corrupt_images_gave_nothing(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg at all")
+    (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    result = _run(["--source", f"folder:{bad}", "--model", "fake://blip", "--exit-after-captions", "1"],
+                  tmp_path, code=FAST_RETRIES + FAKE_MAIN, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    last = result.stderr.splitlines()[-1]  # before it, one log line per skipped file
+    assert re.fullmatch(rf"blip-cam: error: folder {re.escape(str(bad))}: has no readable images \(2 skipped; the first: "
+                        r".*not an image in a supported format.*\) \(gave up after 5 attempts\)", last), last
+    assert "camera" not in result.stderr
+
+
 def test_a_folder_with_a_non_utf8_name_works(tmp_path, colour_folder):
     folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
     colour_folder.rename(folder)
