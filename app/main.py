@@ -12,8 +12,8 @@ import signal
 import sys
 from typing import Callable, TextIO
 
-from app.cli import AppConfig, parse_args
-from app.models import Loader
+from app.arguments import AppConfig, parse_args
+from app.model_choice import Loader
 from app.sources import FrameSource
 
 

@@ -20,9 +20,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.capture import CaptureThread
-from app.cli import AppConfig
-from app.engine import AnswerOutcome, CaptionOutcome
-from app.models import LoadedModels, Loader, short_name
+from app.arguments import AppConfig
+from app.inference import AnswerOutcome, CaptionOutcome
+from app.model_choice import LoadedModels, Loader, short_name
 from app.questions import QAHistory, QuestionError, validate_question
 from app.settings import Settings
 from app.snapshots import SnapshotRecord

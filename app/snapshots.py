@@ -278,7 +278,7 @@ def read_embedded_caption(jpeg_path: str | Path) -> dict[str, str]:
     The file is decoded by the library's checked loader. Raises ``blip_core.errors.BadImageError``
     for anything it refuses (not a regular file, not a supported format, too many pixels, corrupt).
     """
-    from blip_core.preprocess import load_image  # lazily, as all of blip_core (see app.models)
+    from blip_core.preprocess import load_image  # lazily, as all of blip_core (see app.model_choice)
 
     im = load_image(jpeg_path)
     exif = im.getexif()

@@ -19,9 +19,9 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 
-from app.engine import MAX_RANKED_SNAPSHOTS, AnswerOutcome, InferenceEngine
+from app.inference import MAX_RANKED_SNAPSHOTS, AnswerOutcome, InferenceEngine
 from app.jobs import JobThread
-from app.models import LoadedModels, Loader, ModelRequest, default_loader
+from app.model_choice import LoadedModels, Loader, ModelRequest, default_loader
 from app.prompts import CaptionOptions
 from app.snapshots import SnapshotError, SnapshotRecord, read_thumbnail, scan_snapshots, write_snapshot
 from app.sources.base import Frame
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _is_user_error(e: Exception) -> bool:
-    from blip_core.errors import BlipError  # lazily, as all of blip_core (see app.models)
+    from blip_core.errors import BlipError  # lazily, as all of blip_core (see app.model_choice)
 
     return isinstance(e, BlipError)
 

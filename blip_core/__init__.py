@@ -7,9 +7,9 @@
 
 from pathlib import Path
 
-from .errors import (BadImageError, BadInputError, BlipError, CheckpointError, MissingTorchError, StorageError,
+from blip_core.errors import (BadImageError, BadInputError, BlipError, CheckpointError, MissingTorchError, StorageError,
                      WeightsUnavailableError, WrongTaskError)
-from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
+from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ def __getattr__(name: str):
     # torch is imported on first use of the model API, so ``import blip_core.errors`` (or the
     # results) stays instant for GUIs and command-line argument checking
     if name in ("load", "Blip", "physical_cores", "max_threads"):
-        from . import api
+        from blip_core import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'blip_core' has no attribute {name!r}")

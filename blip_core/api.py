@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .checkpoints import LoadReport, materialize, open_checkpoint
-from .config import TASKS
-from .errors import BadInputError, BlipError, WrongTaskError, import_torch
-from .generation import DecodingOptions, generate, log_softmax, softmax, whole_number
-from .hub import Progress, fetch, looks_like_hub_id
-from .results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
-from .tokenizer import BlipTokenizer, require_text
+from blip_core.checkpoints import LoadReport, materialize, open_checkpoint
+from blip_core.model.config import TASKS
+from blip_core.errors import BadInputError, BlipError, WrongTaskError, import_torch
+from blip_core.generation import DecodingOptions, generate, log_softmax, softmax, whole_number
+from blip_core.hub import Progress, fetch, looks_like_hub_id
+from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
+from blip_core.tokenizer import BlipTokenizer, require_text
 
 if TYPE_CHECKING:
-    from .models import BlipModel
-    from .runtime import OrtModel
+    from blip_core.model.blip import BlipModel
+    from blip_core.int8.runtime import OrtModel
 
 PRECISIONS = ("fp32", "int8")
 MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length; longer questions are truncated
@@ -142,7 +142,7 @@ class Blip:
         """PIL image | HxWx3 uint8 RGB array | path -> reusable ``ImageFeatures``."""
         if isinstance(image, ImageFeatures):
             return self._check_features(image)
-        from .preprocess import frame_to_array, pixel_array
+        from blip_core.preprocess import frame_to_array, pixel_array
 
         t0 = time.perf_counter()
         if hasattr(image, "shape") and hasattr(image, "dtype"):
@@ -305,7 +305,7 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     """Load a BLIP checkpoint: a Hugging Face hub id (downloaded once, with progress), a model
     folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``.
 
-    precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.engine``); threads: intra-op
+    precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.int8.convert``); threads: intra-op
     threads, 1 to :func:`max_threads` (default: physical cores; int8 models in one process share
     one pool, sized by the first); task: restrict to ``caption``/``vqa``/``match`` (or a list).
     """
@@ -321,7 +321,7 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
         progress(0.0, f"loading {source_str}")
     ck = open_checkpoint(path)
     if precision == "int8":
-        from .runtime import materialize_int8
+        from blip_core.int8.runtime import materialize_int8
 
         model = materialize_int8(ck, threads, tasks, progress=progress)
     else:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import BadInputError
+from blip_core.errors import BadInputError
 
 PROMPT = "a picture of "
 NEW_TOKENS = 20
@@ -66,7 +66,7 @@ def random_checkpoint(task: str, root: Path) -> Path:
             if name.startswith("vision_model") and p.dim() > 1:
                 p.normal_(0, 0.02)
     model.save_pretrained(folder)
-    from .tokenizer import BERT_VOCAB
+    from blip_core.tokenizer import BERT_VOCAB
 
     (folder / "vocab.txt").write_bytes(BERT_VOCAB.read_bytes())
     return folder
@@ -74,7 +74,7 @@ def random_checkpoint(task: str, root: Path) -> Path:
 
 # -------------------------------------------------------------------- runners
 def bench_image(size: int = 480):
-    from .scenes import render
+    from blip_core.scenes import render
 
     return render(12345, size).image
 
@@ -87,7 +87,7 @@ class HFCaptioner:
         self.model = BlipForConditionalGeneration.from_pretrained(folder).eval()
         size = self.model.config.vision_config.image_size  # 384 for BLIP-base
         self.proc = BlipImageProcessor(size={"height": size, "width": size})
-        from .tokenizer import BlipTokenizer
+        from blip_core.tokenizer import BlipTokenizer
 
         tok = BlipTokenizer(folder / "vocab.txt")
         self.ids = torch.tensor([[tok.cls_id] + tok.tokens(PROMPT) + [tok.sep_id]])
@@ -113,7 +113,7 @@ class HFVqa:
         import torch
         from transformers import BlipForQuestionAnswering, BlipImageProcessor
 
-        from .tokenizer import BlipTokenizer
+        from blip_core.tokenizer import BlipTokenizer
 
         self.model = BlipForQuestionAnswering.from_pretrained(folder).eval()
         size = self.model.config.vision_config.image_size  # 384 for BLIP-base
@@ -171,9 +171,9 @@ def teacher_forced_agreement(fp32, int8, images, max_new: int = NEW_TOKENS) -> f
 def caption_quality(source: str, n: int) -> dict:
     """Greedy captions of fp32 vs int8 on ``n`` held-out scenes of a trained model (prompted
     like the demo model was fine-tuned)."""
-    from . import load
-    from .metrics import caption_scores
-    from .scenes import render
+    from blip_core import load
+    from blip_core.metrics import caption_scores
+    from blip_core.scenes import render
 
     fp32, int8 = load(source), load(source, precision="int8")
     scenes = [render(10_000_000 + i, fp32.image_size) for i in range(n)]
@@ -205,7 +205,7 @@ def rss_child(config: str, model: str, threads: int) -> None:
         torch.set_num_threads(threads)
         HFCaptioner(Path(model)).caption(image)
     else:
-        from . import load
+        from blip_core import load
 
         load(model, precision=config.split("-")[1], threads=threads, warmup=False).caption(image, **CAPTION)
     print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb(), "torch_loaded": "torch" in sys.modules}))
@@ -229,7 +229,7 @@ def study_child(model: str, threads: int, repeats: int) -> None:
     import torch
     import transformers
 
-    from . import load
+    from blip_core import load
 
     torch.set_num_threads(threads)
     image = bench_image()
@@ -325,7 +325,7 @@ without VNNI (148 vs 183 ms, same captions);
 one ONNX Runtime thread pool for all sessions (with a pool per session, threads busy-waiting after
 a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
 pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions
-(-30 MB peak RSS); an int8 runtime that never imports torch (`blip_core.runtime`: numpy
+(-30 MB peak RSS); an int8 runtime that never imports torch (`blip_core.int8.runtime`: numpy
 preprocessing and decoding; torch alone is ~220 MB resident: peak RSS 666 -> 477 MB). The Pi 5's Cortex-A76 runs the same int8 kernels with its dot-product
 instructions.
 
@@ -399,7 +399,7 @@ def _shown(path: str) -> str:
 
 
 def _quality_model(args) -> str | None:
-    from . import demo_model_path
+    from blip_core import demo_model_path
 
     return args.quality_model or (str(demo_model_path()) if demo_model_path().exists() else None)
 
@@ -438,9 +438,9 @@ def main(args) -> int:
         import transformers
     except ImportError as e:
         raise BadInputError(f"blip bench needs the dev extras ({e.name}): pip install -e '.[dev]'") from e
-    from . import load
-    from .api import physical_cores
-    from .runtime import cache_root
+    from blip_core import load
+    from blip_core.api import physical_cores
+    from blip_core.int8.runtime import cache_root
 
     torch.set_num_threads(args.threads)
     root = cache_root() / "bench"
@@ -481,7 +481,7 @@ def main(args) -> int:
         "ours fp32": lambda: ours_vqa["fp32"].answer(feats["fp32"], QUESTION, max_new_tokens=5, min_new_tokens=5),
         "ours int8": lambda: ours_vqa["int8"].answer(feats["int8"], QUESTION, max_new_tokens=5, min_new_tokens=5),
     }, args.repeats), "transformers fp32 (generate)")
-    from .scenes import render
+    from blip_core.scenes import render
 
     # 16 images x 20 tokens: with 4, one run to the next moved the figure by ~5 points
     agreement_images = [render(500 + i, 384).image for i in range(16)]

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import BadInputError, BlipError
+from blip_core.errors import BadInputError, BlipError
 
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
@@ -23,7 +23,7 @@ DEFAULT_MODELS = {
 
 
 def _fail(message: str) -> None:
-    from .tokenizer import escaped
+    from blip_core.tokenizer import escaped
 
     print(f"blip: error: {escaped(message)}", file=sys.stderr)
 
@@ -43,7 +43,7 @@ def _model_source(value: str) -> str:
 
 def _texts(**named) -> None:
     """Refuse user texts (a question, a prompt) that are not valid UTF-8, before any model loads."""
-    from .tokenizer import require_text
+    from blip_core.tokenizer import require_text
 
     for what, values in named.items():
         for value in values if isinstance(values, list) else [values]:
@@ -57,7 +57,7 @@ FLAGS = {"num_beams": "--beams", "max_new_tokens": "--max-new-tokens", "min_new_
 
 def _decoding(**options) -> dict:
     """``options`` for Blip.caption/answer, checked before any model loads."""
-    from .generation import DecodingOptions
+    from blip_core.generation import DecodingOptions
 
     try:
         DecodingOptions.build(**options)
@@ -67,7 +67,7 @@ def _decoding(**options) -> dict:
 
 
 def _load(args, task: str):
-    from . import demo_model_path, load
+    from blip_core import demo_model_path, load
 
     source = DEFAULT_MODELS[task] if args.model is None else args.model
     try:
@@ -81,7 +81,7 @@ def _load(args, task: str):
 
 def _local(model: str) -> Path:
     """A hub id downloaded (once, cached) or a local path, for the commands that read a checkpoint."""
-    from .hub import fetch, looks_like_hub_id
+    from blip_core.hub import fetch, looks_like_hub_id
 
     return fetch(model) if looks_like_hub_id(model) else Path(model).expanduser()
 
@@ -93,7 +93,7 @@ def _emit(args, record: dict, line: str) -> None:
 def _utf8(value):
     """``value`` (a line or a record) with its strings writable as UTF-8: a file name that is not
     valid UTF-8 appears with ``\\xNN`` escapes, so every line (JSON or not) is valid UTF-8."""
-    from .tokenizer import escaped
+    from blip_core.tokenizer import escaped
 
     if isinstance(value, str):
         return escaped(value)
@@ -148,7 +148,7 @@ def cmd_match(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .checkpoints import export_hf, load_model
+    from blip_core.checkpoints import export_hf, load_model
 
     model, tok, report = load_model(_local(args.model))
     out = export_hf(model, args.output, tok, task=args.task)
@@ -157,8 +157,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoints import open_checkpoint
-    from .engine import export_int8
+    from blip_core.checkpoints import open_checkpoint
+    from blip_core.int8.convert import export_int8
 
     ck = open_checkpoint(_local(args.model))
     out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None)
@@ -169,11 +169,11 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoints import INT8_FORMAT, load_model, open_checkpoint
+    from blip_core.checkpoints import INT8_FORMAT, load_model, open_checkpoint
 
     path = _local(args.model)
     if open_checkpoint(path).report.format == INT8_FORMAT:
-        from . import load
+        from blip_core import load
 
         m = load(path, precision="int8", warmup=False)
         cfg = m.cfg
@@ -188,7 +188,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from blip_core.bench import main as bench_main
 
     return bench_main(args)
 
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="side-by-side speed/memory benchmark; rewrites docs/benchmarks.md")
-    from .bench import add_arguments
+    from blip_core.bench import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import BadInputError
+from blip_core.errors import BadInputError
 
 STRATEGIES = ("greedy", "beam", "nucleus")
 MAX_NEW_TOKENS = 500

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from .errors import WeightsUnavailableError
+from blip_core.errors import WeightsUnavailableError
 
 Progress = Callable[[float, str], None]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -14,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from blip_core.errors import BadInputError
 
 __all__ = ["caption_scores", "normalize_caption", "recall_at_k", "vqa_accuracy"]
 

@@ -61,7 +61,7 @@ try:  # Pillow >= 11.2 only
 except ImportError:  # pragma: no cover - depends on the Pillow build
     pass
 
-from .errors import BadImageError, BadInputError
+from blip_core.errors import BadImageError, BadInputError
 
 __all__ = [
     "CLIP_MEAN",

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from .errors import BadInputError, CheckpointError
+from blip_core.errors import BadInputError, CheckpointError
 
 BERT_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
 First = Literal["cls", "enc", "dec"]

@@ -103,7 +103,7 @@ def aarch64_site(folder: Path) -> Path:
 def convert_as_aarch64(folder: Path) -> Path:
     """``blip convert`` the demo model into ``folder``, choosing what an aarch64 machine chooses."""
     import blip_core
-    from blip_core import engine
+    from blip_core.int8 import convert as engine
     from blip_core.checkpoints import open_checkpoint
 
     engine._fast_int8_blocks = lambda: True  # int8 compute in every block MatMul, as on a Pi
@@ -138,7 +138,7 @@ def main() -> int:
     if missing:
         print(f"needs {', '.join(missing)}: apt-get install qemu-user-static debootstrap", file=sys.stderr)
         return 2
-    from blip_core.runtime import cache_root
+    from blip_core.int8.runtime import cache_root
 
     work = cache_root() / "aarch64-check"
     root, site = debian_root(work / "debian"), aarch64_site(work)

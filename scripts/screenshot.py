@@ -22,7 +22,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def default_model() -> str | None:
-    from app.models import demo_model_path
+    from app.model_choice import demo_model_path
 
     path = demo_model_path()
     return str(path) if path else None
@@ -34,9 +34,9 @@ def render_screenshot(out: Path, model: str, *, precision: str = "fp32", seed: i
     from PySide6.QtCore import QCoreApplication
     from PySide6.QtWidgets import QApplication
 
-    from app.cli import AppConfig
+    from app.arguments import AppConfig
     from app.main_window import MainWindow
-    from app.models import ModelRequest
+    from app.model_choice import ModelRequest
     from app.settings import Settings
     from app.sources import ScenesSource
 

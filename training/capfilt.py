@@ -34,7 +34,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from . import dist, finetune
-from .checkpoint import find_checkpoint, list_checkpoints
+from .run_state import find_checkpoint, list_checkpoints
 from .config import (ConfigError, Contrastive, EvalOptions, FinetuneConfig, Optimisation, Common, arg_parser,
                      from_dict, parse, run_cli, setup_process, to_dict, _positive)
 from .data import DatasetError, pre_caption, read_annotations, _texts

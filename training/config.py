@@ -42,7 +42,7 @@ class Common:
     """Keys every command understands: model, data, output."""
 
     # model -----------------------------------------------------------------------------
-    model: str = "tiny"  # blip_core.config preset (tiny | small | base | large); ignored with init=
+    model: str = "tiny"  # blip_core.model.config preset (tiny | small | base | large); ignored with init=
     vocab: str = "scenes"  # scenes (built from blip_core.scenes) | bert | path/to/vocab.txt
     image_size: int = 0  # 0 = the preset's (or the init checkpoint's)
     embed_dim: int = 256  # ITC projection size of a new model

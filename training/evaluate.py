@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader
 
 from blip_core.checkpoints import load_model
 from blip_core.generation import DecodingOptions, generate
-from blip_core.text import DecoderSession
+from blip_core.model.text import DecoderSession
 from blip_core.metrics import caption_scores, recall_at_k, vqa_accuracy
-from blip_core.models import BlipModel
+from blip_core.model.blip import BlipModel
 from blip_core.tokenizer import BlipTokenizer
 
 from . import dist
-from .checkpoint import resolve_init
+from .run_state import resolve_init
 from .objectives import MAX_ANSWER_TOKENS, MAX_QUESTION_TOKENS
 from .config import (TRAINING_ONLY, ConfigError, EvalConfig, arg_parser, parse, run_cli, setup_process,
                      task_list)

@@ -26,7 +26,7 @@ import logging
 import torch
 
 from . import dist
-from .checkpoint import build_model, init_temperature
+from .run_state import build_model, init_temperature
 from .config import TASK_NAMES, ConfigError, FinetuneConfig, arg_parser, parse, run_cli
 from .data import train_captions, train_vqa
 from .evaluate import MODEL_TASK, EvalSets, eval_sets, evaluate_model

@@ -1,6 +1,6 @@
 """BLIP's losses as pure functions of features and logits (no parameters, no state).
 
-The model returns features/logits (``blip_core.models.BlipModel``); temperature, momentum
+The model returns features/logits (``blip_core.model.blip.BlipModel``); temperature, momentum
 encoders and queues live in ``training.objectives`` / ``training.momentum`` and are passed in.
 Everything is computed in float32, whatever the autocast dtype of the inputs.
 """

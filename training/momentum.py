@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blip_core.models import BlipModel
+from blip_core.model.blip import BlipModel
 
 
 class MomentumModel(nn.Module):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blip_core.models import BlipModel
-from blip_core.text import TextTransformer
+from blip_core.model.blip import BlipModel
+from blip_core.model.text import TextTransformer
 from blip_core.tokenizer import BlipTokenizer
 
 from . import dist

@@ -16,7 +16,7 @@ import logging
 import torch
 
 from . import dist
-from .checkpoint import build_model, init_temperature
+from .run_state import build_model, init_temperature
 from .config import PretrainConfig, arg_parser, parse, run_cli
 from .data import train_captions
 from .loop import Run, launch

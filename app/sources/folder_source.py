@@ -62,7 +62,7 @@ class FolderSource(FrameSource):
         return {"path": str(self._last)} if self._last else {}
 
     def _load(self, path: Path) -> np.ndarray | None:
-        from blip_core.errors import BadImageError  # lazily, as all of blip_core (see app.models)
+        from blip_core.errors import BadImageError  # lazily, as all of blip_core (see app.model_choice)
 
         try:
             return load_frame(path)

@@ -78,7 +78,7 @@ def fake_loader(fake_model) -> FakeLoader:
     return FakeLoader(fake_model)
 
 
-from app.models import demo_model_path  # noqa: E402
+from app.model_choice import demo_model_path  # noqa: E402
 
 DEMO_MODEL = demo_model_path()  # computed once, before any test monkeypatches it
 
@@ -129,9 +129,9 @@ def settings(tmp_path):
 @pytest.fixture
 def make_window(qtbot, settings, model_loader, model_source):
     """Factory: a started MainWindow on a FakeSource; shut down (threads joined) at teardown."""
-    from app.cli import AppConfig
+    from app.arguments import AppConfig
     from app.main_window import MainWindow
-    from app.models import ModelRequest
+    from app.model_choice import ModelRequest
 
     windows = []
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.cli import parse_args
+from app.arguments import parse_args
 from app.main import ExitAfterCaptions
-from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, demo_model_path
+from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, demo_model_path
 from app.sources import OpenCVSource
 from app.sources.base import SourceSpec
 from app_fakes import FakeSource
@@ -94,10 +94,10 @@ def test_bad_argument_in_a_real_process(tmp_path):
 FAKE_MAIN = f"""
 import sys
 sys.path.insert(0, {str(HERE)!r})
-import app.models
+import app.model_choice
 from app.main import main
 from app_fakes import FakeLoader
-app.models.demo_model_path = lambda: None  # deterministic whether or not the demo model is installed
+app.model_choice.demo_model_path = lambda: None  # deterministic whether or not the demo model is installed
 sys.exit(main(sys.argv[1:], loader=FakeLoader(unavailable={{"missing://model"}})))
 """
 

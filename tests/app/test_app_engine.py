@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from app.engine import FeatureCache, InferenceEngine
-from app.models import ModelRequest
+from app.inference import FeatureCache, InferenceEngine
+from app.model_choice import ModelRequest
 from app.prompts import CaptionOptions
 from app.snapshots import SnapshotRecord, list_snapshots, write_snapshot
 from app.sources.base import Frame

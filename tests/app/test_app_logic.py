@@ -7,7 +7,7 @@ import pytest
 
 from blip_core.errors import WeightsUnavailableError, WrongTaskError
 
-from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, DEMO_NOTICE, ModelRequest, load_answerer, load_captioner
+from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, DEMO_NOTICE, ModelRequest, load_answerer, load_captioner
 from app.prompts import CaptionOptions, build_prompt
 from app.questions import MAX_QUESTION_CHARS, QAHistory, QuestionError, validate_question
 from app.sources.base import SourceSpec, as_rgb_frame, parse_source_spec

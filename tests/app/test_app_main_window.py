@@ -11,9 +11,9 @@ import time
 import pytest
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 
-from app import models as app_models
+from app import model_choice as app_models
 from app import snapshots
-from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, ModelRequest, short_name
+from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, ModelRequest, short_name
 from app.settings import Settings
 from app.snapshots import SnapshotRecord, read_embedded_caption, write_snapshot
 from app_fakes import FakeLoader, FakeModel, FakeSource, solid
@@ -178,7 +178,7 @@ def test_question_while_models_load_gets_a_message(qtbot, make_window):
 
 
 def test_question_without_a_vqa_model_says_why(qtbot, make_window, monkeypatch):
-    monkeypatch.setattr("app.models.demo_model_path", lambda: None)  # an install without the demo model
+    monkeypatch.setattr("app.model_choice.demo_model_path", lambda: None)  # an install without the demo model
     loader = FakeLoader(FakeModel(tasks=("caption",)), unavailable={DEFAULT_VQA_MODEL})
     window = make_window(loader=loader, models=ModelRequest(caption="cap-only"))
     window.ask("what is it?")

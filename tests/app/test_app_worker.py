@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.jobs import JobThread
-from app.models import ModelRequest
+from app.model_choice import ModelRequest
 from app.prompts import CaptionOptions
 from app.sources.base import Frame
 from app.worker import InferenceWorker
@@ -119,7 +119,7 @@ def test_worker_drops_stale_frames_while_busy(qtbot, threads):
 
 
 def test_model_load_failure_is_a_signal_not_a_crash(qtbot, threads, monkeypatch):
-    monkeypatch.setattr("app.models.demo_model_path", lambda: None)  # offline and no demo model to fall back on
+    monkeypatch.setattr("app.model_choice.demo_model_path", lambda: None)  # offline and no demo model to fall back on
     worker = threads(InferenceWorker, FakeLoader(unavailable={"m"}))
     with qtbot.waitSignal(worker.models_failed, timeout=5000) as blocker:
         worker.load_models(REQ)

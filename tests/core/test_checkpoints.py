@@ -90,8 +90,8 @@ def test_unexpected_keys_are_reported(tmp_path, hf_dirs):
 
 
 def test_key_maps_are_bijective():
-    from blip_core.config import preset
-    from blip_core.models import BlipModel
+    from blip_core.model.config import preset
+    from blip_core.model.blip import BlipModel
 
     model = BlipModel(preset("tiny", tasks=("caption", "vqa", "match")))
     for name in model.state_dict():

@@ -9,7 +9,7 @@ import torch
 
 from blip_core.checkpoints import load_model
 from blip_core.generation import DecodingOptions, generate
-from blip_core.text import DecoderSession
+from blip_core.model.text import DecoderSession
 from tests.helpers import random_pixels, save_hf, seeded_hf_model
 
 ATOL = 1e-4

@@ -52,8 +52,8 @@ from blip_core.errors import BadImageError  # noqa: E402
 from blip_core.preprocess import load_image  # noqa: E402
 
 from app import snapshots  # noqa: E402
-from app.engine import InferenceEngine  # noqa: E402
-from app.models import ModelRequest  # noqa: E402
+from app.inference import InferenceEngine  # noqa: E402
+from app.model_choice import ModelRequest  # noqa: E402
 from app.snapshots import (  # noqa: E402
     SnapshotRecord, list_snapshots, read_embedded_caption, read_snapshot, word_search, write_snapshot,
 )

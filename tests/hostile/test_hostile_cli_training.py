@@ -28,11 +28,11 @@ APP_MAIN = f"""
 import sys
 sys.path.insert(0, {str(REPO / "tests" / "app")!r})
 import app.capture
-import app.models
+import app.model_choice
 from app.main import main
 from app_fakes import FakeLoader
 app.capture.RETRY_DELAYS = (0.01,)
-app.models.demo_model_path = lambda: None
+app.model_choice.demo_model_path = lambda: None
 sys.exit(main(sys.argv[1:], loader=FakeLoader()))
 """
 
@@ -149,7 +149,7 @@ def test_the_app_starts_with_a_settings_file_of_garbage(tmp_path, red_folder, ho
     (["--interval", "1e-300"], "--interval must be in"),
 ])
 def test_bad_numbers_and_empty_models_are_refused(capsys, args, message):
-    from app.cli import parse_args
+    from app.arguments import parse_args
 
     with pytest.raises(SystemExit) as exc:
         parse_args(args)
@@ -255,7 +255,7 @@ def test_empty_web_captions_are_not_trained_on(tmp_path):
 
 KILLED_RUN = """
 import os, signal, sys
-import training.checkpoint as ck
+import training.run_state as ck
 from training import config as C, pretrain
 from tests.training.tiny_runs import tiny
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 import blip_core
 from blip_core import BadImageError, BadInputError, CheckpointError
 from blip_core import preprocess as P
-from blip_core import runtime
+from blip_core.int8 import runtime
 from blip_core.checkpoints import open_checkpoint, save
 from blip_core.cli import main as cli_main
 from tests.helpers import save_hf, seeded_hf_model
@@ -168,14 +168,14 @@ def test_a_pickle_that_runs_a_command_is_refused_for_safety(tmp_path, legacy):
 @pytest.fixture
 def nothing_built(monkeypatch):
     """Fails the test if a model is built or a position embedding resampled (what allocated)."""
-    import blip_core.models
-    import blip_core.vision
+    import blip_core.model.blip
+    import blip_core.model.vision
 
     def refuse(*a, **k):
         pytest.fail("a model was built from a bad config")
 
-    monkeypatch.setattr(blip_core.models, "BlipModel", refuse)
-    monkeypatch.setattr(blip_core.vision, "resample_pos_embed", refuse)
+    monkeypatch.setattr(blip_core.model.blip, "BlipModel", refuse)
+    monkeypatch.setattr(blip_core.model.vision, "resample_pos_embed", refuse)
 
 
 def _folder_with_config(models, tmp_path, source: str, config) -> Path:
@@ -406,7 +406,7 @@ def cache(pristine_cache, tmp_path, monkeypatch):
 
 
 def _conversions(caplog) -> int:
-    return sum("to int8 (once)" in r.getMessage() for r in caplog.records if r.name == "blip_core.runtime")
+    return sum("to int8 (once)" in r.getMessage() for r in caplog.records if r.name == "blip_core.int8.runtime")
 
 
 DAMAGE = {  # what a power cut or a bad disk leaves in an entry's config.json
@@ -427,7 +427,7 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(models, cache, caplog, 
     for name, text in (("other-a", "[1]"), ("other-b", json.dumps({"engine": "4", "blipcam": 5}))):
         (root / "int8" / name).mkdir()
         (root / "int8" / name / "config.json").write_text(text)
-    with caplog.at_level(logging.INFO, logger="blip_core.runtime"):
+    with caplog.at_level(logging.INFO, logger="blip_core.int8.runtime"):
         m = blip_core.load(models["caption"], precision="int8", warmup=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(entry) in r.getMessage()]
     assert len(warnings) == 1 and "converting again" in warnings[0], caplog.text
@@ -452,7 +452,7 @@ def test_stale_conversion_folders_are_removed(models, cache, caplog):
         (int8 / name / "vision.onnx").write_bytes(b"half a graph")
     hours_ago = time.time() - runtime.STALE_CONVERSION_S - 60
     os.utime(int8 / ".convert-h0urs0ld", (hours_ago, hours_ago))
-    with caplog.at_level(logging.INFO, logger="blip_core.runtime"):
+    with caplog.at_level(logging.INFO, logger="blip_core.int8.runtime"):
         blip_core.load(models["caption"], precision="int8", warmup=False)
     assert _conversions(caplog) == 0  # the entry was fine: only the leftovers went
     assert sorted(p.name for p in int8.iterdir() if p.name.startswith(".")) == sorted(live)
@@ -468,8 +468,8 @@ model, root, me, rounds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.a
 conversions = []
 handler = logging.Handler()
 handler.emit = lambda r: conversions.append(r) if "to int8 (once)" in r.getMessage() else None
-logging.getLogger("blip_core.runtime").addHandler(handler)
-logging.getLogger("blip_core.runtime").setLevel(logging.INFO)
+logging.getLogger("blip_core.int8.runtime").addHandler(handler)
+logging.getLogger("blip_core.int8.runtime").setLevel(logging.INFO)
 img = np.full((32, 32, 3), 90, np.uint8)
 for r in range(rounds):
     (root / f"ready-{r}-{me}").touch()  # a barrier: both processes start each round together

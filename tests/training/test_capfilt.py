@@ -14,7 +14,7 @@ from blip_core import scenes
 from training import capfilt
 from training import config as C
 from training.experiments import capfilt_effect
-from training.experiments.scene_truth import is_true
+from blip_core.scenes.truth import is_true
 from training.make_scenes import write_scene_json, write_scene_shards
 
 from tests.training.tiny_runs import TINY, tiny

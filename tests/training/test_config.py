@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blip_core.config import preset
+from blip_core.model.config import preset
 from training import config as C
 from training.config import ConfigError, EvalConfig, FinetuneConfig, PretrainConfig, parse, run_cli
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from blip_core import scenes
-from blip_core.config import preset
+from blip_core.model.config import preset
 from training.data import (DatasetError, EpochBatches, ImageTransform, JsonCaptions, JsonVqa, SceneCaptions,
                            SceneVqa, WebCaptions, answer_weights, collate, epoch_batches, pre_caption, pre_question,
                            swap_left_right, train_transform)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tests.training.tiny_runs import records
-from training.checkpoint import load_state
+from training.run_state import load_state
 from training.data import EpochBatches
 
 ROOT = Path(__file__).resolve().parents[2]

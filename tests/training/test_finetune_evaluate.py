@@ -15,7 +15,7 @@ import blip_core
 from blip_core import scenes
 from training import config as C
 from training import evaluate, finetune
-from training.checkpoint import init_model
+from training.run_state import init_model
 from blip_core.preprocess import pixel_values
 from training.data import pre_question, scene_answer_list, scene_caption_eval
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blip_core.config import preset
-from blip_core.models import BlipModel
+from blip_core.model.config import preset
+from blip_core.model.blip import BlipModel
 from training.data import SceneCaptions, SceneVqa, ImageTransform, collate
 from training.losses import lm_targets
 from training.objectives import Objective, tie_text_stacks

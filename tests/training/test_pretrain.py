@@ -16,7 +16,7 @@ import blip_core
 from blip_core.checkpoints import load_model
 from training import config as C
 from training import pretrain
-from training.checkpoint import find_checkpoint, load_state
+from training.run_state import find_checkpoint, load_state
 from training.data import EpochBatches, ImageTransform, JsonCaptions
 from training.make_scenes import write_scene_json
 
@@ -130,7 +130,7 @@ def test_resume_after_a_run_killed_during_a_save(tmp_path):
 
 
 def test_interrupted_saves_are_tidied_only_when_their_writer_is_gone(tmp_path):
-    from training.checkpoint import clean_interrupted_saves
+    from training.run_state import clean_interrupted_saves
 
     root = tmp_path / "checkpoints"
     dead, alive = _dead_pid(), os.getppid()  # our parent (pytest's runner shell or init) outlives the test

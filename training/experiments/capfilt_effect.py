@@ -15,7 +15,7 @@ Steps (each skipped when its output exists, so a rerun continues):
    number of steps and batch size as ``none``;
 5. evaluation on clean held-out scenes: ITM re-ranked recall@1 both ways and zero-shot caption
    CIDEr, plus the noise rate of web and synthetic texts before and after filtering (judged by
-   ``scene_truth.is_true``); results to ``docs/capfilt.md`` and ``docs/capfilt_results.json``.
+   ``blip_core.scenes.truth.is_true``); results to ``docs/capfilt.md`` and ``docs/capfilt_results.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from blip_core import scenes
 
 from ..make_scenes import write_scene_json
-from .scene_truth import is_true
+from blip_core.scenes.truth import is_true
 
 VARIANTS = ("none", "F", "C", "CF")
 REPO = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ its effect on the scene world, in the form of the paper's Table 1. Regenerate it
 |---|---|---|---|---|---|---|
 {rows}
 
-Noise of the texts (false = `training.experiments.scene_truth.is_true` says the text does not
+Noise of the texts (false = `blip_core.scenes.truth.is_true` says the text does not
 hold for its scene; the judge agrees with the generator's labels on every web text):
 
 | origin | texts | false before | kept | false after | true texts kept | false texts removed |

@@ -116,7 +116,7 @@ def merge(work: Path, base: Path, donor: Path, name: str = "merged",
     encoder and answer decoder, with the multitask model's caption decoder and matching heads)."""
     from blip_core.checkpoints import load_model, save
 
-    from ..checkpoint import resolve_init
+    from ..run_state import resolve_init
 
     out = work / name
     if not (out / "config.json").is_file():
@@ -156,7 +156,7 @@ def export(run: Path, assets: Path, result: dict, variant: str, seconds: float, 
     """fp16 weights in our format + tokenizer + card; returns the folder's size in bytes."""
     from blip_core.checkpoints import load_model, save
 
-    from ..checkpoint import resolve_init
+    from ..run_state import resolve_init
 
     model, tokenizer, _ = load_model(resolve_init(str(run)))
     tmp = assets.with_name(assets.name + ".tmp")

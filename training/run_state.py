@@ -28,11 +28,11 @@ import yaml
 from safetensors.torch import load_file
 
 from blip_core.checkpoints import export_hf, materialize, open_checkpoint, save
-from blip_core.config import VISION_PRESETS, preset
+from blip_core.model.config import VISION_PRESETS, preset
 from blip_core.errors import CheckpointError
-from blip_core.models import BlipModel
+from blip_core.model.blip import BlipModel
 from blip_core.tokenizer import BlipTokenizer
-from blip_core.vision import resample_pos_embed
+from blip_core.model.vision import resample_pos_embed
 
 from .config import ConfigError
 from .vocab import make_tokenizer, text_ids

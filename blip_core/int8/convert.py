@@ -1,5 +1,5 @@
 """The int8 engine behind ``precision="int8"``: conversion to ONNX Runtime graphs with int8
-weights (``blip_core.runtime`` loads and runs them, without torch).
+weights (``blip_core.int8.runtime`` loads and runs them, without torch).
 
 Why ONNX Runtime: measured side by side on the same weights (docs/benchmarks.md), its dynamic
 int8 MatMul beat PyTorch's eager int8 paths (``torch.ao`` dynamic quantisation, torchao) on both
@@ -12,7 +12,7 @@ What is quantised: the weight matrices of every Linear, int8. The ViT uses dynam
 model's greedy captions identical where per-tensor activations did not (see ``quantize``).
 Attention score/value products, softmax and LayerNorm stay fp32; the word embeddings are stored
 int8 too, in blocks of 32 with a scale each, the position tables fp32. The model is split in
-graphs (``blip_core.graphs``) that mirror the fp32 path: the ViT; per text stack the
+graphs (``blip_core.int8.graphs``) that mirror the fp32 path: the ViT; per text stack the
 cross-attention keys/values of an image (or question); one decoding step (self-attention cache
 in, grown cache out, cross keys/values shared by all rows of an image); and the bidirectional
 encoder (question, ITM and ITC modes).
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import Checkpoint, _rename, _set_tensor, restrict_tasks
-from .errors import BadInputError, CheckpointError, StorageError
-from .graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
-from .models import BlipModel
-from .runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts, release_free_memory
-from .text import TextTransformer
+from blip_core.checkpoints import Checkpoint, _rename, _set_tensor, restrict_tasks
+from blip_core.errors import BadInputError, CheckpointError, StorageError
+from blip_core.int8.graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
+from blip_core.model.blip import BlipModel
+from blip_core.int8.runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts, release_free_memory
+from blip_core.model.text import TextTransformer
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _sync_files(folder: Path) -> None:
 
 
 def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
-    from .vision import resample_pos_embed
+    from blip_core.model.vision import resample_pos_embed
 
     for name, meta in model.state_dict(keep_vars=True).items():
         if not name.startswith(part + "."):

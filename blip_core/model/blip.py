@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BlipConfig
-from .text import KV, DecoderSession, TextTransformer
-from .vision import VisionTransformer
+from blip_core.model.config import BlipConfig
+from blip_core.model.text import KV, DecoderSession, TextTransformer
+from blip_core.model.vision import VisionTransformer
 
 
 class BlipModel(nn.Module):

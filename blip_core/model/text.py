@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TextConfig
+from blip_core.model.config import TextConfig
 
 Mode = Literal["text", "multimodal", "decoder"]
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, T, head_dim] each

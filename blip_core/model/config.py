@@ -11,7 +11,7 @@ import reprlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
-from .errors import CheckpointError
+from blip_core.errors import CheckpointError
 
 TASKS = ("caption", "vqa", "match")
 

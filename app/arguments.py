@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.models import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
+from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
 from app.sources.base import SOURCE_HELP, SourceSpec, is_utf8, parse_source_spec, shown
 
 # pacing faster than 100 images a second only burns the CPU; an hour apart is a still image already
@@ -100,5 +100,5 @@ def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:
         parser.error(f"--threads must be in [1, {max_threads()}] (4 per CPU, at most {MAX_THREADS}), got {threads}")
 
 
-if __name__ == "__main__":  # handy for checking a command line: python -m app.cli --source ...
+if __name__ == "__main__":  # handy for checking a command line: python -m app.arguments --source ...
     print(parse_args(sys.argv[1:]))

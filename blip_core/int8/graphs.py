@@ -1,4 +1,4 @@
-"""The exportable forward passes of the int8 engine (``blip_core.engine``), written for few ONNX ops.
+"""The exportable forward passes of the int8 engine (``blip_core.int8.convert``), written for few ONNX ops.
 
 A decoding step moves one token through the stack, so its matrix products are small and the
 time goes to per-op overhead unless the graph is lean (a step traced from the training modules
@@ -24,8 +24,8 @@ import math
 import torch
 from torch import nn
 
-from .models import BlipModel
-from .text import TextAttention, TextTransformer
+from blip_core.model.blip import BlipModel
+from blip_core.model.text import TextAttention, TextTransformer
 
 
 def _scaled_linear(lin: nn.Linear, scale: float) -> nn.Linear:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VisionConfig
-from .errors import CheckpointError
+from blip_core.model.config import VisionConfig
+from blip_core.errors import CheckpointError
 
 
 class PatchEmbed(nn.Module):

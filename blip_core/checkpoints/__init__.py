@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from .config import MISSING, BlipConfig, TextConfig, as_object, checked_config
-from .errors import CheckpointError, import_torch
-from .tokenizer import BERT_VOCAB, BlipTokenizer
+from blip_core.model.config import MISSING, BlipConfig, TextConfig, as_object, checked_config
+from blip_core.errors import CheckpointError, import_torch
+from blip_core.tokenizer import BERT_VOCAB, BlipTokenizer
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .models import BlipModel
+    from blip_core.model.blip import BlipModel
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -586,8 +586,8 @@ def materialize(
     """
     import torch
 
-    from .models import BlipModel
-    from .vision import resample_pos_embed
+    from blip_core.model.blip import BlipModel
+    from blip_core.model.vision import resample_pos_embed
 
     report = ck.report
     if report.format == INT8_FORMAT:
@@ -754,7 +754,7 @@ def export_hf(model: BlipModel, folder: str | os.PathLike, tokenizer: BlipTokeni
                           "num_attention_heads": v.heads, "image_size": v.image_size, "patch_size": v.patch_size,
                           "layer_norm_eps": v.eps, "hidden_act": "gelu"},
     }
-    from .preprocess import CLIP_MEAN, CLIP_STD
+    from blip_core.preprocess import CLIP_MEAN, CLIP_STD
 
     processor = {"image_processor_type": "BlipImageProcessor", "do_resize": True, "resample": 3,
                  "size": {"height": v.image_size, "width": v.image_size}, "do_rescale": True,

@@ -3,7 +3,7 @@ rank calls, and the timings shown in the overlay. Pure Python (no Qt), one threa
 
 Every call encodes the image explicitly (``m.encode_image``) and passes the features on, so one
 frame is encoded once per model however many captions, questions and follow-ups use it.
-blip_core is imported in the functions that need it (see ``app.models`` for why).
+blip_core is imported in the functions that need it (see ``app.model_choice`` for why).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Hashable
 
-from app.models import LoadedModels, Loader, ModelRequest, Progress, load_answerer, load_captioner
+from app.model_choice import LoadedModels, Loader, ModelRequest, Progress, load_answerer, load_captioner
 from app.prompts import CaptionOptions
 from app.sources.base import Frame
 
