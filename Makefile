@@ -20,18 +20,21 @@ $(PY):
 	$(if $(TORCH_PIN),$(PIP) $(TORCH_PIN),)
 	$(if $(IS_PI),$(PIP) "numpy<2",)
 
+# run: the library, the app and the converter (the defaults convert Salesforce checkpoints to int8
+# once); a Pi that runs only `blip convert` folders can install `.[app]` alone, without torch
 $(VENV)/.run-installed: pyproject.toml | $(PY)
-	$(PIP) -e . $(if $(IS_PI),"numpy<2",)
+	$(PIP) -e ".[app,convert]" $(if $(IS_PI),"numpy<2",)
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PIP) -e ".[dev,train]" $(if $(IS_PI),"numpy<2",)
+	$(PIP) -e ".[dev]" $(if $(IS_PI),"numpy<2",)
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
 	$(VENV)/bin/blip-cam
 
 test: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
 
 test-slow: $(VENV)/.dev-installed

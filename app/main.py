@@ -84,7 +84,7 @@ def _preflight() -> str:
     """Why Qt cannot run here (see ``app.qt_preflight``), or "" when it can."""
     from app import qt_preflight
 
-    return qt_preflight.platform_problem() or qt_preflight.binding_problem()
+    return qt_preflight.missing_binding() or qt_preflight.platform_problem() or qt_preflight.binding_problem()
 
 
 def main(argv: list[str] | None = None, *, loader: Loader | None = None, source: FrameSource | None = None) -> int:

@@ -1,7 +1,7 @@
 """The main window: wires the capture thread, the inference worker, the snapshot saver and the
 widgets together. All slots here run on the GUI thread and only submit work or update widgets.
 
-Data flow (DESIGN.md, app):
+Data flow (docs/architecture.md, "app"):
     CaptureThread --mailbox--> preview (every frame)
                          \\--> InferenceWorker.request_caption (newest frame wins)
     InferenceWorker --signals--> overlay, question history, status bar

@@ -81,6 +81,15 @@ class PlatformReport:
         return not self.display_unset and not self.missing
 
 
+def missing_binding() -> str:
+    """A one-line message when Qt for Python is not installed (the library installs without it)."""
+    try:
+        import PySide6  # noqa: F401
+    except ImportError:
+        return "blip-cam needs Qt for Python, which is not installed: pip install 'blipcam[app]' (or run make run)"
+    return ""
+
+
 def candidate_platforms(environ: dict[str, str] | os._Environ = os.environ) -> list[str]:
     """Platform plugins Qt will try, in order (``QT_QPA_PLATFORM="xcb;wayland"`` lists fallbacks,
     ``name:options`` carries options). Without the variable, Qt 6 on Linux prefers wayland in a

@@ -128,3 +128,14 @@ def test_drift_measurement_gives_back_what_it_lost():
     before = sys.getrefcount(None)
     assert qt_preflight.none_refcount_drift() == 0  # the pinned binding is sound
     assert abs(sys.getrefcount(None) - before) < 50
+
+
+def test_without_qt_installed_blip_cam_names_the_extra(tmp_path):
+    """The library installs without Qt; `blip-cam` then says which extra to install."""
+    code = "import sys; sys.modules['PySide6'] = None\nfrom app.main import main\nsys.exit(main(['--source', 'scenes']))"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=str(app_main.__file__).rsplit("/app/", 1)[0])
+    assert run.returncode == 2 and run.stderr == (
+        "blip-cam: error: blip-cam needs Qt for Python, which is not installed: pip install 'blipcam[app]' "
+        "(or run make run)\n")
