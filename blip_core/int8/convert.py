@@ -42,7 +42,8 @@ from blip_core.checkpoints import Checkpoint, _rename, _set_tensor, restrict_tas
 from blip_core.errors import BadInputError, CheckpointError, StorageError
 from blip_core.int8.graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from blip_core.model.blip import BlipModel
-from blip_core.int8.runtime import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts, release_free_memory
+from blip_core.int8.memory import release_free_memory
+from blip_core.int8.spec import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts
 from blip_core.model.text import TextTransformer
 
 log = logging.getLogger(__name__)

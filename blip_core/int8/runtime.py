@@ -31,13 +31,10 @@ import numpy as np
 from blip_core.checkpoints import INT8_FORMAT, read_json, restrict_tasks
 from blip_core.model.config import BlipConfig
 from blip_core.errors import BadInputError, CheckpointError, StorageError, import_torch
+from blip_core.int8.memory import release_free_memory
+from blip_core.int8.spec import ENGINE_VERSION, graph_names, kv_names, kv_shapes
 
 log = logging.getLogger(__name__)
-ENGINE_VERSION = 5  # 2: lean graphs, transposed cross keys, block-quantised decoders; 3: word tables in blocks;
-# 4: the ViT's attention output projections in fp32; 5: matching heads as numpy (heads.npz)
-HEADS = ("vision_proj", "text_proj", "itm_head")
-
-
 def cache_root() -> Path:
     return Path(os.environ.get("BLIPCAM_CACHE") or Path.home() / ".cache" / "blipcam")
 
@@ -54,37 +51,6 @@ def fingerprint(ck) -> str:
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
     blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-# ------------------------------------------------------------------ graph inputs and outputs
-def model_parts(cfg: BlipConfig) -> list[str]:
-    """The parts converted, one or two graphs each (see ``graph_names``)."""
-    parts = ["vision"]
-    parts += [p for p, t in (("text_decoder", "caption"), ("answer_decoder", "vqa")) if t in cfg.tasks]
-    if cfg.has_text_encoder:
-        parts.append("text_encoder")
-    return parts
-
-
-def graph_names(cfg: BlipConfig) -> list[str]:
-    """The graphs a converted model has: the ViT; per text stack its cross keys/values and a
-    decoding step (decoders) or the bidirectional pass (the text encoder)."""
-    names = []
-    for part in model_parts(cfg):
-        last = "step" if part.endswith("decoder") else "encode"
-        names += [part] if part == "vision" else [f"{part}.cross_kv", f"{part}.{last}"]
-    return names
-
-
-def kv_names(prefix: str, L: int) -> list[str]:
-    """Names of L layers' keys and values: ``{prefix}_k0, {prefix}_v0, {prefix}_k1, ...``."""
-    return [f"{prefix}_{kind}{i}" for i in range(L) for kind in ("k", "v")]
-
-
-def kv_shapes(rows: int, heads: int, head_dim: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of one layer's keys and values over ``n`` tokens in the graphs' layout (keys
-    transposed, so a decoding step multiplies without a transpose)."""
-    return (rows, heads, head_dim, n), (rows, heads, n, head_dim)
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -203,26 +169,6 @@ def _shared_arena(ort) -> None:
     it grows by what is requested rather than by powers of two."""
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1 = kSameAsRequested
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc): loading or converting a graph frees
-    transient copies of its weights that would otherwise stay in the process's resident set."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, looked up once (finding libc runs ldconfig); None elsewhere (macOS, musl)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 class OrtDecoderSession:
