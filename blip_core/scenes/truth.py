@@ -19,9 +19,13 @@ _POSITION_OF = {scenes.position_phrase(p): p for p in scenes.POSITIONS}
 _PHRASE = re.compile(
     r"\b(?P<count>{counts})\s+(?:(?P<size>{sizes})\s+)?(?P<colour>{colours})\s+(?P<shape>{shapes})\b"
     r"(?:\s+(?P<where>{wheres}))?".format(
-        counts="|".join(_COUNTS), sizes="|".join(scenes.SIZES), colours="|".join(scenes.COLOURS),
+        counts="|".join(_COUNTS),
+        sizes="|".join(scenes.SIZES),
+        colours="|".join(scenes.COLOURS),
         shapes="|".join(sorted(_SHAPE_OF, key=len, reverse=True)),
-        wheres="|".join(sorted(map(re.escape, _POSITION_OF), key=len, reverse=True))))
+        wheres="|".join(sorted(map(re.escape, _POSITION_OF), key=len, reverse=True)),
+    )
+)
 _BACKGROUND = re.compile(r"\b(\w+) background\b")
 
 
@@ -33,8 +37,11 @@ def is_true(text: str, scene: scenes.Scene) -> bool:
         return False
     for m in phrases:
         count, shape = _COUNTS[m["count"]], _SHAPE_OF[m["shape"]]
-        same = [o for o in scene.objects if o.shape == shape and o.colour == m["colour"]
-                and (m["size"] is None or o.size == m["size"])]
+        same = [
+            o
+            for o in scene.objects
+            if o.shape == shape and o.colour == m["colour"] and (m["size"] is None or o.size == m["size"])
+        ]
         if m["where"]:  # "a red circle at the top left": that object, at that place
             if not any(o.position == _POSITION_OF[m["where"]] for o in same):
                 return False
