@@ -321,7 +321,7 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
         progress(0.0, f"loading {source_str}")
     ck = open_checkpoint(path)
     if precision == "int8":
-        from blip_core.int8.runtime import materialize_int8
+        from blip_core.int8.cache import materialize_int8
 
         model = materialize_int8(ck, threads, tasks, progress=progress)
     else:

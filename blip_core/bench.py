@@ -440,7 +440,7 @@ def main(args) -> int:
         raise BadInputError(f"blip bench needs the dev extras ({e.name}): pip install -e '.[dev]'") from e
     from blip_core import load
     from blip_core.api import physical_cores
-    from blip_core.int8.runtime import cache_root
+    from blip_core.int8.cache import cache_root
 
     torch.set_num_threads(args.threads)
     root = cache_root() / "bench"

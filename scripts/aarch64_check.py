@@ -138,7 +138,7 @@ def main() -> int:
     if missing:
         print(f"needs {', '.join(missing)}: apt-get install qemu-user-static debootstrap", file=sys.stderr)
         return 2
-    from blip_core.int8.runtime import cache_root
+    from blip_core.int8.cache import cache_root
 
     work = cache_root() / "aarch64-check"
     root, site = debian_root(work / "debian"), aarch64_site(work)

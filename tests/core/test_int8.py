@@ -11,6 +11,7 @@ import torch
 
 import blip_core
 from blip_core.int8 import convert as engine
+from blip_core.int8 import cache as int8_cache
 from blip_core.int8 import runtime
 from blip_core.api import Blip
 from blip_core.checkpoints import open_checkpoint
@@ -105,7 +106,7 @@ def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
     (root / ".convert-123").mkdir()  # another process converting
     (root / "not-ours").mkdir()
     blip_core.load(dirs["caption"], precision="int8", warmup=False)
-    new = runtime.fingerprint(open_checkpoint(dirs["caption"]))
+    new = int8_cache.fingerprint(open_checkpoint(dirs["caption"]))
     assert sorted(p.name for p in root.iterdir()) == sorted([".convert-123", "not-ours", "other-tasks", "other-model", new])
     assert json.loads((root / new / "config.json").read_text())["source"] == src
     blip_core.load(dirs["caption"], precision="int8", warmup=False)  # a cached load prunes nothing
@@ -115,13 +116,13 @@ def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
 @pytest.mark.parametrize("damage", ["truncated graph", "lost heads"])
 def test_a_damaged_conversion_is_converted_again(dirs, cache, caplog, damage):
     blip_core.load(dirs["match"], precision="int8", warmup=False)
-    folder = cache / "int8" / runtime.fingerprint(open_checkpoint(dirs["match"]))
+    folder = cache / "int8" / int8_cache.fingerprint(open_checkpoint(dirs["match"]))
     if damage == "truncated graph":
         graph = folder / "text_encoder.encode.int8.onnx"
         graph.write_bytes(graph.read_bytes()[:1000])
     else:
         (folder / "heads.npz").unlink()
-    with caplog.at_level("WARNING", logger="blip_core.int8.runtime"):
+    with caplog.at_level("WARNING", logger="blip_core.int8.cache"):
         m = blip_core.load(dirs["match"], precision="int8", warmup=False)
     assert "cannot load the int8 graphs" in caplog.text and "converting again" in caplog.text
     assert 0 <= m.match(_image(), ["a dog"])[0].itm <= 1
@@ -131,7 +132,7 @@ def test_graphs_that_never_load_are_a_clear_error(dirs, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF")
 
-    monkeypatch.setattr(runtime, "OrtModel", broken)
+    monkeypatch.setattr(int8_cache, "OrtModel", broken)
     with pytest.raises(blip_core.CheckpointError, match="cannot load the int8 graphs in .*INVALID_PROTOBUF"):
         blip_core.load(dirs["caption"], precision="int8", warmup=False)
 

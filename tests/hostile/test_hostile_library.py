@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 import blip_core
 from blip_core import BadImageError, BadInputError, CheckpointError
 from blip_core import preprocess as P
+from blip_core.int8 import cache as int8_cache
 from blip_core.int8 import runtime
+from blip_core.int8.spec import ENGINE_VERSION
 from blip_core.checkpoints import open_checkpoint, save
 from blip_core.cli import main as cli_main
 from tests.helpers import save_hf, seeded_hf_model
@@ -292,7 +294,7 @@ def test_a_garbled_config_file_is_one_clear_error(models, tmp_path, nothing_buil
 def test_a_crafted_int8_folder_config_is_one_clear_error(models, tmp_path, nothing_built):
     """A ``blip convert`` folder's config.json goes through the same checks (torch-free path)."""
     ours = json.loads((models["ours"] / "config.json").read_text())
-    config = _edited({"blipcam": ours["blipcam"], "engine": runtime.ENGINE_VERSION, "tensors": 10},
+    config = _edited({"blipcam": ours["blipcam"], "engine": ENGINE_VERSION, "tensors": 10},
                      {"blipcam.vision.layers": 10**9})
     folder = tmp_path / "int8"
     folder.mkdir()
@@ -406,7 +408,7 @@ def cache(pristine_cache, tmp_path, monkeypatch):
 
 
 def _conversions(caplog) -> int:
-    return sum("to int8 (once)" in r.getMessage() for r in caplog.records if r.name == "blip_core.int8.runtime")
+    return sum("to int8 (once)" in r.getMessage() for r in caplog.records if r.name == "blip_core.int8.cache")
 
 
 DAMAGE = {  # what a power cut or a bad disk leaves in an entry's config.json
@@ -427,13 +429,13 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(models, cache, caplog, 
     for name, text in (("other-a", "[1]"), ("other-b", json.dumps({"engine": "4", "blipcam": 5}))):
         (root / "int8" / name).mkdir()
         (root / "int8" / name / "config.json").write_text(text)
-    with caplog.at_level(logging.INFO, logger="blip_core.int8.runtime"):
+    with caplog.at_level(logging.INFO, logger="blip_core.int8.cache"):
         m = blip_core.load(models["caption"], precision="int8", warmup=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(entry) in r.getMessage()]
     assert len(warnings) == 1 and "converting again" in warnings[0], caplog.text
     assert _conversions(caplog) == 1
     assert m.caption(np.zeros((32, 32, 3), np.uint8), max_new_tokens=3).token_ids
-    assert json.loads((entry / "config.json").read_text())["engine"] == runtime.ENGINE_VERSION
+    assert json.loads((entry / "config.json").read_text())["engine"] == ENGINE_VERSION
     assert m.report.loaded == json.loads((entry / "config.json").read_text())["tensors"] > 0
     assert {p.name for p in (root / "int8").iterdir()} == {entry.name, "other-a", "other-b"}
 
@@ -450,9 +452,9 @@ def test_stale_conversion_folders_are_removed(models, cache, caplog):
     for name in stale + live:
         (int8 / name).mkdir()
         (int8 / name / "vision.onnx").write_bytes(b"half a graph")
-    hours_ago = time.time() - runtime.STALE_CONVERSION_S - 60
+    hours_ago = time.time() - int8_cache.STALE_CONVERSION_S - 60
     os.utime(int8 / ".convert-h0urs0ld", (hours_ago, hours_ago))
-    with caplog.at_level(logging.INFO, logger="blip_core.int8.runtime"):
+    with caplog.at_level(logging.INFO, logger="blip_core.int8.cache"):
         blip_core.load(models["caption"], precision="int8", warmup=False)
     assert _conversions(caplog) == 0  # the entry was fine: only the leftovers went
     assert sorted(p.name for p in int8.iterdir() if p.name.startswith(".")) == sorted(live)
@@ -468,8 +470,8 @@ model, root, me, rounds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.a
 conversions = []
 handler = logging.Handler()
 handler.emit = lambda r: conversions.append(r) if "to int8 (once)" in r.getMessage() else None
-logging.getLogger("blip_core.int8.runtime").addHandler(handler)
-logging.getLogger("blip_core.int8.runtime").setLevel(logging.INFO)
+logging.getLogger("blip_core.int8.cache").addHandler(handler)
+logging.getLogger("blip_core.int8.cache").setLevel(logging.INFO)
 img = np.full((32, 32, 3), 90, np.uint8)
 for r in range(rounds):
     (root / f"ready-{r}-{me}").touch()  # a barrier: both processes start each round together
