@@ -5,20 +5,22 @@ Defaults are the real Salesforce checkpoints, downloaded once to the Hugging Fac
 used instead, with a notice, since it knows only generated scenes. A caption model that can also
 answer questions ("vqa" in ``m.tasks``) serves both, so one encoded image serves both.
 
-blip_core is imported inside functions, never at module import: loading a model takes seconds on a
-Pi (an fp32 model, or an int8 one's first conversion, also imports torch) and must delay neither
-the window nor a command-line error message. A converted int8 model runs without torch.
+The model API of blip_core is imported inside functions, never at module import: loading a model
+takes seconds on a Pi (an fp32 model, or an int8 one's first conversion, also imports torch) and
+must delay neither the window nor a command-line error message. A converted int8 model runs without
+torch. Only ``blip_core.hub``'s names, which import nothing heavy, are imported here.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
-DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
+from blip_core.hub import DEFAULT_MODELS
+
+DEFAULT_CAPTION_MODEL = DEFAULT_MODELS["caption"]
+DEFAULT_VQA_MODEL = DEFAULT_MODELS["vqa"]
 PRECISIONS = ("int8", "fp32")
 DEMO_NOTICE = ("Offline: using the bundled demo model, which knows only generated scenes "
                "(try --source scenes). Run once online to download the real BLIP models.")
@@ -68,23 +70,16 @@ def short_name(name: str) -> str:
 
 def default_loader() -> Loader:
     """``blip_core.load``, imported on first use (in the worker: loading takes seconds)."""
-    import blip_core
-    from blip_core.errors import CheckpointError
+    from blip_core.api import load
 
-    load = getattr(blip_core, "load", None)
-    if load is None:
-        raise CheckpointError("this blip_core has no load(): the library is incomplete; reinstall the package")
     return load
 
 
 def demo_model_path() -> Path | None:
     """The bundled demo model, or None if this install does not have it."""
-    try:
-        import blip_core
+    from blip_core import demo_model_path as bundled
 
-        path = Path(blip_core.demo_model_path())
-    except Exception:  # an older library without demo_model_path, or no torch
-        return None
+    path = bundled()
     return path if path.exists() else None
 
 
@@ -92,13 +87,9 @@ def default_threads() -> int:
     """Inference threads when ``--threads`` is not given: every physical core but one, so the
     preview and the camera keep a core (PyTorch's Raspberry Pi tutorial: fewer threads trade a
     little speed for no latency spikes)."""
-    try:
-        import blip_core
+    from blip_core.api import physical_cores
 
-        cores = blip_core.physical_cores()
-    except Exception:  # an older library: count logical CPUs instead
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, physical_cores() - 1)
 
 
 def _with_role(progress: Progress | None, role: str) -> Progress | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blip_core.generation import DEFAULT_BEAMS, STRATEGIES, beam_count
+
 PROMPT_MODES = ("none", "picture", "photography", "custom")
 PRESET_PROMPTS = {"none": "", "picture": "a picture of ", "photography": "a photography of "}
 PROMPT_LABELS = {"none": "No prompt", "picture": "“a picture of”", "photography": "“a photography of”", "custom": "Custom:"}
 MAX_PROMPT_CHARS = 80  # the caption decoder has ~40 positions; a long prefix leaves none for the caption
 
-STRATEGIES = ("greedy", "beam", "nucleus")
 MIN_TOKENS, MAX_TOKENS = 1, 60
 
 
@@ -40,7 +41,7 @@ class CaptionOptions:
     prompt: str = "a picture of "
     strategy: str = "greedy"
     max_new_tokens: int = 20
-    num_beams: int = 3  # used by "beam" only
+    num_beams: int = DEFAULT_BEAMS  # used by "beam" only
     top_p: float = 0.9  # used by "nucleus" only
     repetition_penalty: float = 1.0
 
@@ -55,7 +56,7 @@ class CaptionOptions:
             "max_new_tokens": max_new,
             # the library's default minimum is 5; never ask for more than the maximum
             "min_new_tokens": min(5, max_new),
-            "num_beams": max(2, self.num_beams) if self.strategy == "beam" else 1,
+            "num_beams": beam_count(self.num_beams) if self.strategy == "beam" else 1,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
         }

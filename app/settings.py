@@ -15,7 +15,8 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
-from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_MODES, STRATEGIES
+from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_MODES
+from blip_core.generation import STRATEGIES
 
 log = logging.getLogger(__name__)
 

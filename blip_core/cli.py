@@ -14,12 +14,7 @@ import sys
 from pathlib import Path
 
 from blip_core.errors import BadInputError, BlipError
-
-DEFAULT_MODELS = {
-    "caption": "Salesforce/blip-image-captioning-base",
-    "vqa": "Salesforce/blip-vqa-base",
-    "match": "Salesforce/blip-itm-base-coco",
-}
+from blip_core.hub import DEFAULT_MODELS
 
 
 def _fail(message: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from blip_core.errors import BadInputError
 
 STRATEGIES = ("greedy", "beam", "nucleus")
+DEFAULT_BEAMS = 3  # BLIP's beam count, used when beam search is asked for with fewer than 2 beams
 MAX_NEW_TOKENS = 500
 MAX_BEAMS = 32
 MAX_RETURN_SEQUENCES = 32  # rows decoded side by side per image
@@ -42,6 +43,11 @@ def _real(name: str, value: Any, lo: float, hi: float, lo_open: bool = True) -> 
         raise BadInputError(f"{name} must be a number in {span}, got {reprlib.repr(value)}")
 
 
+def beam_count(num_beams: int) -> int:
+    """Beams for beam search: ``num_beams``, or ``DEFAULT_BEAMS`` when fewer than 2 are asked for."""
+    return num_beams if num_beams >= 2 else DEFAULT_BEAMS
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     strategy: str = "greedy"  # greedy | beam | nucleus
@@ -58,17 +64,14 @@ class DecodingOptions:
     @classmethod
     def build(cls, strategy: str | None = None, num_beams: int = 1, **kw) -> "DecodingOptions":
         """Resolve the user-facing pair (strategy, num_beams): no strategy means beam search when
-        ``num_beams > 1`` else greedy; ``strategy="beam"`` with 1 beam uses BLIP's 3. A
+        ``num_beams > 1`` else greedy; ``strategy="beam"`` with 1 beam uses BLIP's ``DEFAULT_BEAMS``. A
         ``min_new_tokens`` above ``max_new_tokens`` is capped to it. Every option is checked
         first: a bad one (``num_beams=0``, ``top_p=nan``) is a BadInputError, never a silent
         default."""
         whole_number("num_beams", num_beams, 1, MAX_BEAMS)
         if strategy is None:
             strategy = "beam" if num_beams > 1 else "greedy"
-        if strategy == "beam" and num_beams < 2:
-            num_beams = 3
-        if strategy != "beam":
-            num_beams = 1
+        num_beams = beam_count(num_beams) if strategy == "beam" else 1
         opts = cls(strategy=strategy, num_beams=num_beams, **kw)
         opts._check_values()
         if opts.min_new_tokens > opts.max_new_tokens:
@@ -271,7 +274,3 @@ def _beam_search(decoder, prompt_ids, opts, eos_id):
         logits = decoder.step(next_tok, rows)
     n = opts.num_return_sequences
     return [[Hypothesis(fin_tokens[b][i], float(fin_scores[b, i])) for i in range(n)] for b in range(B)]
-
-
-def with_overrides(opts: DecodingOptions, **kw) -> DecodingOptions:
-    return replace(opts, **kw)

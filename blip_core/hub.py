@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from tqdm.auto import tqdm
-
 from blip_core.errors import WeightsUnavailableError
 
 Progress = Callable[[float, str], None]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OPTIONAL_FILES = ("vocab.txt", "tokenizer.json", "preprocessor_config.json")
+# The Salesforce checkpoint used for each task when none is named (the CLI's and the app's default).
+DEFAULT_MODELS = {
+    "caption": "Salesforce/blip-image-captioning-base",
+    "vqa": "Salesforce/blip-vqa-base",
+    "match": "Salesforce/blip-itm-base-coco",
+}
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -40,6 +44,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _progress_tqdm(progress: Progress | None, label: str):
     """A tqdm class that also reports to ``progress(fraction, message)`` (for GUIs)."""
+    from tqdm.auto import tqdm  # here, so that importing the hub's names (DEFAULT_MODELS) stays instant
+
     if progress is None:
         return tqdm
 

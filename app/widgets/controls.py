@@ -9,9 +9,10 @@ from PySide6.QtWidgets import (
     QRadioButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_LABELS, PROMPT_MODES, STRATEGIES, CaptionOptions, build_prompt
+from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_LABELS, PROMPT_MODES, CaptionOptions, build_prompt
 from app.settings import Settings
 from app.widgets.plain_text import plain_label
+from blip_core.generation import STRATEGIES
 
 
 class CaptionControls(QWidget):
