@@ -5,8 +5,9 @@ a torch tensor sharing its memory (:func:`pixel_values`, :func:`frame_to_pixels`
 The transform is BLIP's eval transform (and ``transformers.BlipImageProcessor``'s): squash the
 image to ``S x S`` with PIL's bicubic filter (aspect ratio *not* kept, no crop), rescale by 1/255,
 normalise with the CLIP mean/std. The PIL path (:func:`pixel_values`) reproduces the transformers
-processor to ~1e-7 (float32 rounding only); :func:`frame_to_pixels` is a faster path for camera
-frames that differs from it by at most a few 8-bit levels (numbers in its docstring).
+processor to ~1e-7 (float32 rounding only); :func:`frame_to_pixels` is a shorter path for camera
+frames with the same result, bit for bit. One input gives one result whatever the process has
+imported: an fp32 model (torch loaded) and an int8 one (no torch) see the same pixels.
 
 Safety rules, because images come from users and the network:
 
@@ -33,7 +34,7 @@ PIL does lazily on first use anyway).
 Thread safety: no module state is written after import (the constants are read-only), so all
 functions may run concurrently on different inputs. A PIL image passed in is loaded and read, never
 modified, but a lazily opened one should not be shared across threads before it is loaded (PIL's
-own rule). PIL's resize and torch's interpolate release the GIL, so a thread pool does scale.
+own rule). PIL's resize releases the GIL, so a thread pool does scale.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from numbers import Integral
@@ -89,7 +89,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 8000 * 8000
 
 # Most elongated image we agree to resize: 100:1. Resizing builds a filter table per axis of
-# ~32 bytes per source pixel of that axis (PIL's bicubic, and torch's antialiased port of it), so
+# ~32 bytes per source pixel of that axis (PIL's bicubic), so
 # within MAX_PIXELS the longest side (8000 * sqrt(100) = 80000 px) bounds it to ~2.6 MB; a
 # 64000000 x 1 strip needed 2 GB and 15 s. Nothing is lost: BLIP squashes every image to a square,
 # and at 100:1 the long side is already shrunk 100 times more than the short one. Panoramas
@@ -108,7 +108,8 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image,
 # Computed in float64 and rounded once; differs from transformers' two-step float32 arithmetic
 # by float32 rounding only (~2e-7). Shapes [1, 3, 1, 1] broadcast over [B, 3, S, S].
 _SCALE = np.array([1.0 / (255.0 * s) for s in CLIP_STD], dtype=np.float64).astype(np.float32).reshape(1, 3, 1, 1)
-_OFFSET = np.array([m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], dtype=np.float64).astype(np.float32).reshape(1, 3, 1, 1)
+_OFFSET = np.array([m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], dtype=np.float64)
+_OFFSET = _OFFSET.astype(np.float32).reshape(1, 3, 1, 1)
 _SCALE.flags.writeable = _OFFSET.flags.writeable = False
 
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
@@ -463,33 +464,32 @@ def _normalize(u8: np.ndarray) -> np.ndarray:
 def frame_to_array(frame: np.ndarray, image_size: int) -> np.ndarray:
     """Fast :func:`pixel_array` for a camera frame: ``[H, W, 3]`` uint8 RGB -> ``[1, 3, S, S]``.
 
-    On x86 CPUs with AVX2/AVX-512, when torch is loaded (an fp32 model), the resize is torch's
-    antialiased bicubic on uint8, a port of PIL's filter with a SIMD kernel; elsewhere it is PIL's
-    resize: on ARM and old x86 torch's generic kernel is no faster, and an int8 model does not load
-    torch at all (its ~200 MB would cost more than the ~10 ms a 1080p frame saves). Measured on a
-    2-core Xeon (AVX-512, 2 torch threads), resize + normalise of a synthetic photo-like frame to 384 x 384, best of 40 runs; "max |d|" is
-    the largest difference to :func:`pixel_values` after normalisation (one 8-bit level = 0.015):
+    The resize is PIL's bicubic, as in :func:`pixel_array`, so both give the same array bit for
+    bit, torch loaded or not. Faster resizes were measured and not taken, on a 2-core Xeon
+    (AVX-512, 2 torch threads), resize + normalise of a synthetic photo-like frame to 384 x 384,
+    best of 40 runs; "max |d|" is the largest difference to :func:`pixel_values` after
+    normalisation (one 8-bit level = 0.015):
 
         ======================  =====================  =====================
         method                  1920x1080: ms, max|d|  640x480: ms, max|d|
         ======================  =====================  =====================
-        PIL bicubic (= path)    12.4   0               2.7   0
+        PIL bicubic (= path)    12.4   0               2.7   0               <- chosen
         cv2 INTER_AREA           3.8   0.40            1.3   0.41
         cv2 INTER_CUBIC          0.74  2.90            0.42  1.08
         cv2 INTER_LINEAR         0.48  2.49            0.39  0.41
-        torch bicubic AA, u8     1.6   0.015           0.66  0.015   <- chosen
+        torch bicubic AA, u8     1.6   0.015           0.66  0.015
         ======================  =====================  =====================
 
     cv2's modes are not PIL's filter: INTER_CUBIC/LINEAR do not antialias when shrinking (up to
-    ~190 levels off on edges) and INTER_AREA is a box filter. torch's kernel is a port of PIL's,
-    and its output differs from the PIL path by at most 1 level (0.015 after normalisation; ~0.3 %
-    of pixels differ, mean |d| 5e-5) at 1080p and 720p. Over a sweep of sizes and contents we saw
-    2 levels (0.030) in a few pixels for 640x480 and when enlarging, and 8 levels (0.12) only for
-    extreme non-uniform scaling such as a 100x3000 strip. Non-AVX hosts use PIL and match
-    :func:`pixel_values` exactly.
+    ~190 levels off on edges) and INTER_AREA is a box filter. torch's uint8 kernel is a port of
+    PIL's, SIMD on AVX2 only, but not bit-identical: 1 level off in ~0.3 % of pixels at 1080p,
+    8 levels for extreme scaling such as a 100x3000 strip. It was once used whenever an fp32 model
+    had loaded torch, so the same model saw different pixels depending on what the process had
+    imported (a caption could change with an unrelated import); ~10 ms per 1080p frame is the
+    price of one result. An int8 model never imports torch at all.
 
-    ``frame`` is read, not copied, unless it is read-only or has negative strides (e.g. a
-    ``[..., ::-1]`` BGR->RGB view), which torch cannot wrap; do not modify it during the call.
+    ``frame`` is read, not modified; a non-contiguous view (a crop, or a negative-stride
+    ``[..., ::-1]`` BGR->RGB view) is copied to a contiguous array first.
     Other arrays (grey, RGBA) take the :func:`pixel_array` path, which also refuses bad ones.
     """
     size = _check_image_size(image_size)
@@ -511,30 +511,7 @@ def frame_to_pixels(frame: np.ndarray, image_size: int):
     return torch.from_numpy(frame_to_array(frame, image_size))
 
 
-def _resize_frame_torch(frame: np.ndarray, size: int) -> np.ndarray:
-    """[H, W, 3] uint8 -> [1, 3, S, S] float32 via torch's uint8 antialiased bicubic."""
-    import torch
-    import torch.nn.functional as F
-
-    if not frame.flags.writeable or any(s < 0 for s in frame.strides):
-        frame = np.array(frame)  # torch.from_numpy warns on read-only and refuses negative strides
-    nchw = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0)  # a channels-last view, no copy
-    resized = F.interpolate(nchw, size=(size, size), mode="bicubic", antialias=True)
-    return _normalize(resized.numpy())
-
-
-def _resize_frame_pil(frame: np.ndarray, size: int) -> np.ndarray:
+def _resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     """[H, W, 3] uint8 -> [1, 3, S, S] float32 via PIL, identical to :func:`pixel_array`."""
     return _pil_to_array(Image.fromarray(np.ascontiguousarray(frame)), size)
 
-
-def _has_fast_uint8_resize() -> bool:
-    # torch has a SIMD uint8 kernel for antialiased resizing on AVX2 only. With
-    # ATEN_CPU_CAPABILITY=default (the generic kernel, as on ARM) it took 13.5 ms per 1080p frame
-    # on one thread against PIL's 11 ms, so PIL is the better choice there.
-    torch = sys.modules.get("torch")  # loaded by an fp32 model; never imported for this alone
-    return torch is not None and torch.backends.cpu.get_cpu_capability().startswith("AVX")
-
-
-def _resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    return (_resize_frame_torch if _has_fast_uint8_resize() else _resize_frame_pil)(frame, size)
