@@ -24,9 +24,11 @@ import numpy as np
 
 from blip_core.checkpoints import LoadReport, materialize, open_checkpoint
 from blip_core.model.config import TASKS
+from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.errors import BadInputError, BlipError, WrongTaskError, import_torch
-from blip_core.generation import DecodingOptions, generate, log_softmax, softmax, whole_number
+from blip_core.generation import DecodingOptions, generate, softmax, whole_number
 from blip_core.hub import Progress, fetch, looks_like_hub_id
+from blip_core.ranking import rank_answers
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 from blip_core.tokenizer import BlipTokenizer, require_text
 
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
     from blip_core.int8.runtime import OrtModel
 
 PRECISIONS = ("fp32", "int8")
-MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length; longer questions are truncated
-MAX_TEXT_TOKENS = 35  # BLIP's retrieval / ITM text length
 MAX_THREADS = 256  # a hard ceiling whatever the CPU count (100000 threads segfaulted libgomp, 16 GB in ORT)
 MAX_RANKED = 100_000  # answers scored in full in VQA's rank mode (BLIP: k=128)
 
@@ -228,7 +228,7 @@ class Blip:
         t2 = time.perf_counter()
         kv = self.model.cross_kv("answer_decoder", states)
         if answers is not None:
-            ranked = self._rank(kv, mask, answers, k)
+            ranked = rank_answers(self.model, self.tokenizer, kv, mask, answers, k)
             text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
         else:
             session = self.model.decoder_session("answer_decoder", kv, mask)
@@ -237,26 +237,6 @@ class Blip:
             text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
         timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, _ms(t2), _ms(t0))
         return AnswerResult(text, question, tuple(ids), timings, tuple(ranked))
-
-    def _rank(self, kv, q_mask, answers: Sequence[str], k: int) -> list[tuple[str, float]]:
-        answers = [a for a in dict.fromkeys(a.strip() for a in answers if isinstance(a, str)) if a]
-        if not answers:
-            raise BadInputError("the answer list is empty")
-        ids, mask = self.tokenizer.arrays(answers, first="dec", max_length=MAX_TEXT_TOKENS)
-        # 1) one step from [DEC]: keep the k answers whose first token is likeliest
-        session = self.model.decoder_session("answer_decoder", kv, q_mask)
-        first = log_softmax(session.start(ids[:1, :1], group=1))[0]
-        top = np.argsort(-first[ids[:, 1]], kind="stable")[:min(k, len(answers))]
-        # 2) teacher-force those answers step by step, all rows sharing the question's keys/values
-        ids, mask = ids[top], mask[top]
-        scores = first[ids[:, 1]]
-        session = self.model.decoder_session("answer_decoder", kv, q_mask)
-        session.start(ids[:1, :1], group=len(top))
-        for t in range(1, ids.shape[1] - 1):
-            logp = log_softmax(session.step(ids[:, t], None))
-            scores += logp[np.arange(len(top)), ids[:, t + 1]] * mask[:, t + 1]
-        order = np.argsort(-scores, kind="stable")
-        return [(answers[int(top[i])], float(scores[i])) for i in order]
 
     # -------------------------------------------------------------- matching
     @_inference

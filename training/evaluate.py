@@ -21,20 +21,20 @@ from torch.utils.data import DataLoader
 from blip_core.checkpoints import load_model
 from blip_core.generation import DecodingOptions, generate
 from blip_core.model.text import DecoderSession
+from blip_core import ranking
 from blip_core.metrics import caption_scores, recall_at_k, vqa_accuracy
 from blip_core.model.blip import BlipModel
+from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.tokenizer import BlipTokenizer
 
 from . import dist
 from .run_state import resolve_init
-from .objectives import MAX_ANSWER_TOKENS, MAX_QUESTION_TOKENS
 from .config import (TRAINING_ONLY, ConfigError, EvalConfig, arg_parser, parse, run_cli, setup_process,
                      task_list)
 from .data import (CaptionEval, DatasetError, VqaEval, eval_collate, json_caption_eval, json_vqa_eval, pre_question,
                    read_annotations, scene_answer_list, scene_caption_eval, scene_vqa_eval)
 
 log = logging.getLogger("training.evaluate")
-MAX_TEXT_TOKENS = 35  # BLIP's retrieval / ITM text length
 MODEL_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "match"}  # task -> the model part it needs
 
 
@@ -84,26 +84,13 @@ def _question_states(model, tokenizer, batch):
 @torch.no_grad()
 def rank_answers(model: BlipModel, tokenizer: BlipTokenizer, states: torch.Tensor, q_mask: torch.Tensor,
                  answers: list[str], k: int) -> list[str]:
-    """BLIP's rank mode, batched over questions. states [B, Tq, D], q_mask [B, Tq].
-
-    1) one decoder step from ``[DEC]``: keep each question's ``k`` answers whose first token is
-    likeliest; 2) teacher-force those ``B * k`` answers (a question's k rows share its
-    cross-attention keys/values) and pick the highest log-likelihood. (BLIP scores with the
-    label-smoothed loss; plain log-likelihood, as ``Blip.answer``, ranks almost identically.)
-    """
-    dec = model.answer_decoder
-    a_ids, a_mask = tokenizer(answers, first="dec", max_length=MAX_ANSWER_TOKENS)  # [A, T]
-    B, k = states.shape[0], min(k, len(answers))
-    kv = dec.cross_kv(states)
-    start = torch.full((B, 1), tokenizer.dec_id)
-    first = dec.logits(dec(start, mode="decoder", cross_kv=kv, encoder_mask=q_mask)[:, -1]).log_softmax(-1)
-    top = first[:, a_ids[:, 1]].topk(k, dim=1).indices  # [B, k] answer indices
-    ids, mask = a_ids[top.flatten()], a_mask[top.flatten()]  # [B*k, T], question-major
-    logits = dec.logits(dec(ids, mask, mode="decoder", cross_kv=kv, encoder_mask=q_mask))
-    logp = logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(2)
-    scores = (logp * mask[:, 1:]).sum(1).view(B, k)
-    best = top.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
-    return [answers[int(i)] for i in best]
+    """BLIP's rank mode for a batch of questions (states [B, Tq, D], q_mask [B, Tq]) -> the best
+    answer of each: ``blip_core.ranking.rank_answers`` (what ``Blip.answer`` uses), question by question."""
+    best = []
+    for b in range(states.shape[0]):
+        kv = model.cross_kv("answer_decoder", states[b : b + 1])
+        best.append(ranking.rank_answers(model, tokenizer, kv, q_mask[b : b + 1], answers, k)[0][0])
+    return best
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from blip_core.model.blip import BlipModel
+from blip_core.model.limits import MAX_QUESTION_TOKENS
 from blip_core.model.text import TextTransformer
 from blip_core.tokenizer import BlipTokenizer
 
@@ -26,7 +27,6 @@ from .losses import (itc_loss, itc_targets, itm_loss, lm_loss, sample_hard_negat
 from .momentum import FeatureQueue, MomentumModel
 
 PARTS = ("itc_itm", "lm", "vqa")
-MAX_QUESTION_TOKENS = 35  # BLIP's VQA question length
 MAX_ANSWER_TOKENS = 10
 
 
