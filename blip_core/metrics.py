@@ -7,14 +7,17 @@ what is wrong and where (which id / index).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from numbers import Integral
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 
 from blip_core.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["caption_scores", "normalize_caption", "recall_at_k", "vqa_accuracy"]
 
@@ -301,7 +304,10 @@ def recall_at_k(
 
 
 def _as_score_matrix(sim: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(sim, torch.Tensor):
+    # A tensor exists only if its caller imported torch, so a metric never imports it (the int8
+    # path promises no torch, and importing it takes seconds on a Pi).
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(sim, torch.Tensor):
         # float32 keeps a 5k x 25k COCO matrix at 0.5 GB; bf16/fp16 cannot go to numpy directly.
         sim = sim.detach().cpu()
         sim = (sim if sim.dtype in (torch.float32, torch.float64) else sim.float()).numpy()

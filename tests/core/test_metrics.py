@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -309,3 +311,13 @@ def test_ties_are_pessimistic():
 def test_recall_bad_inputs(sim, img2txt, txt2img, ks, message):
     with pytest.raises(BadInputError, match=message):
         recall_at_k(sim, img2txt, txt2img, ks=ks)
+
+
+def test_metrics_never_import_torch():
+    """The int8 path runs without torch: importing the metrics and scoring numpy must not load it."""
+    code = (
+        "import sys; import numpy as np; from blip_core.metrics import recall_at_k, vqa_accuracy; "
+        "recall_at_k(np.eye(2), [[0], [1]], [0, 1], ks=(1,)); vqa_accuracy(['two'], [['two']]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
