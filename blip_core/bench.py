@@ -255,6 +255,9 @@ def _median_ms(xs: list[float]) -> float:
     return statistics.median(xs) * 1000
 
 
+NOTES_FILE = "benchmark_notes.md"  # beside the report (docs/)
+
+
 def write_report(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = results["rows"]
@@ -295,48 +298,11 @@ def write_report(results: dict, out: Path) -> None:
                      f"(change {100 * (t['cider_int8'] - t['cider_fp32']):+.1f} points)")
     lines += ["", "## Targets (issue: fast on-device inference)", "", "| target | reached | |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'met' if ok else '**not met**'} |" for name, value, ok in targets(results)]
-    lines += ["", NOTES, "", "![chart](benchmarks.png)", ""]
+    # Measurement history and the reasoning behind the figures live in the docs, not in code.
+    lines += ["", f"What limits these figures, how the int8 engine was tuned and how much runs vary: [{NOTES_FILE}]"
+              f"({NOTES_FILE}).", "", "![chart](benchmarks.png)", ""]
     out.write_text("\n".join(lines) + "\n")
     _chart(rows, out.with_suffix(".png"))
-
-
-NOTES = """Why the new-frame caption stops short of 5x here: our int8 ViT alone (the vision row) takes
-more than a fifth of transformers' whole caption. It is 111 GFLOP, ~90 of them int8 matrix
-products and ~21 in fp32 (the attention products, and the attention output projections, kept fp32
-for accuracy). Two 2.45 GHz AVX2 cores without VNNI peak at ~157 GFLOP/s in fp32 and about twice
-that in int8 (`vpmaddubsw`), so even at peak the ViT needs ~0.42 s; the 24 decoding steps after it
-(prompt and 20 tokens, ~10 ms each: close to the time to read the decoder's int8 weights once from
-memory) add ~0.2 s. A caption cannot take under ~0.62 s on this machine, ~3.5x transformers' at
-best: 5x needs faster int8 instructions (VNNI, or the Pi 5's `sdot`).
-Transformers caches the decoder's cross-attention
-keys/values over the image since 4.54 (the installed release does); the Pi 5 study's 4.41.1
-recomputed them at every generated token (~8 GMAC per token at BLIP-base size): the row "vs the
-study's transformers", when present, measures that release (`--study-transformers`).
-
-How the int8 engine was tuned (each step measured with this command): exported graphs written for
-few ONNX ops (a decoding step went from ~1,150 to ~420 nodes); decoders quantised in blocks of 32
-(on the first demo model, identical captions rose from 69% to 94%, for ~5% per step); word
-embeddings in int8 blocks of 32 rather than one scale per table (the previous demo model:
-identical captions 91.5% -> 95.0%, +3 MB at BLIP-base size); the ViT's attention output
-projections in fp32 (the current demo model: identical captions 92.2% -> 95.3% on 1,200 held-out
-scenes, the whole ViT in fp32 97.1%; fp32 compute in the decoding step instead is ~25x slower here);
-the captioner's cross keys/values over the image computed in fp32 on their 8-bit weights, on x86
-without VNNI (148 vs 183 ms, same captions);
-one ONNX Runtime thread pool for all sessions (with a pool per session, threads busy-waiting after
-a run competed with the next session's: VQA follow-up 125 ms; pools that never spin: 70 ms; one
-pool: 55 ms, new-frame caption -13%); one memory arena shared by all sessions
-(-30 MB peak RSS); an int8 runtime that never imports torch (`blip_core.int8.runtime`: numpy
-preprocessing and decoding; torch alone is ~220 MB resident: peak RSS 666 -> 477 MB). The Pi 5's Cortex-A76 runs the same int8 kernels with its dot-product
-instructions.
-
-Run to run, on this shared virtual machine, medians move by up to ~20%: the int8 VQA follow-up
-took 60, 76, 65, 72, 83 and 70 ms in six runs and transformers' 1305 to 1676 ms (17.5x to 22.8x),
-transformers' caption 1795 to 2210 ms, although side by side in one process the VQA graphs of
-the first run and of the next two took the same time (71.5 and 72.7 ms); beam 3's
-decoding alone varies between ~0.5 and ~0.8 s within one run. The VQA follow-up is near this
-machine's memory bandwidth (16.5 GB/s read with 2 threads): its 5 decoding steps each read
-~130 MB of int8 weights (7.9 ms at that rate, 8.2 ms measured), the question encoder ~140 MB
-(its weights and the image's cross keys/values), so ~50 ms is its floor here. Compare rows of one run."""
 
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
