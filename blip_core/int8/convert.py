@@ -30,7 +30,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -38,8 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from blip_core.checkpoints import Checkpoint, _rename, _set_tensor, restrict_tasks
-from blip_core.errors import BadInputError, CheckpointError, StorageError
+from blip_core.checkpoints import Checkpoint, restrict_tasks
+from blip_core.checkpoints.atomic import atomic_folder
+from blip_core.checkpoints.fill import fill_module, meta_model, refuse_mismatched
+from blip_core.errors import BadInputError, StorageError
 from blip_core.int8.graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
 from blip_core.model.blip import BlipModel
 from blip_core.int8.memory import release_free_memory
@@ -201,18 +202,11 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
     """Export and quantise every part of ``ck`` into ``folder``, one part's fp32 weights at a time.
     ``quantized=False`` keeps the fp32 graphs (to test the export apart from quantisation);
     ``vocab`` adds the checkpoint's vocab.txt (a folder of its own, see ``export_int8``)."""
-    rename = _rename(ck)
-    with torch.device("meta"):
-        model = BlipModel(ck.cfg)
+    model, rename = meta_model(ck)
     wanted = model.state_dict(keep_vars=True)
-    missing = [k for k in wanted if k not in rename]
-    if missing:
-        raise CheckpointError(f"{ck.report.source} lacks {len(missing)} weights (e.g. {missing[0]})")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     # named for its entry and process, so one left by a killed conversion is known for what it is
-    # (runtime._remove_stale_conversions)
-    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{folder.name}-{os.getpid()}-", dir=folder.parent))
-    try:
+    # (int8.cache's stale-conversion cleanup); a replaced entry waits aside under the same name + ".old"
+    with atomic_folder(folder, prefix=f".convert-{folder.name}-{os.getpid()}-") as tmp:
         parts = model_parts(ck.cfg)
         for n, part in enumerate(parts):
             if progress:
@@ -241,34 +235,13 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
         source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION,
                                                      "source": source, "tensors": len(wanted)}))
-        _sync_files(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sync_files(folder: Path) -> None:
-    """Flush every file of ``folder`` to disk before it is renamed into place: after a power cut
-    the renamed folder could otherwise hold empty or partial files."""
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
 
 
 def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
-    from blip_core.model.vision import resample_pos_embed
-
-    for name, meta in model.state_dict(keep_vars=True).items():
-        if not name.startswith(part + "."):
-            continue
-        value = ck.tensors.get(rename[name]).float()
-        if name == "vision.pos_embed" and value.shape != meta.shape:
-            value = resample_pos_embed(value, ck.cfg.vision.grid)
-        if value.shape != meta.shape:
-            raise CheckpointError(f"{rename[name]} has shape {tuple(value.shape)}, the model expects {tuple(meta.shape)}")
-        _set_tensor(model, name, value)
+    """Set the fp32 weights of ``part`` of ``model`` (the other parts stay on the meta device)."""
+    names = [name for name in model.state_dict(keep_vars=True) if name.startswith(part + ".")]
+    filled = fill_module(model, lambda name: ck.tensors.get(rename[name]), names)
+    refuse_mismatched(ck.report.source, [(rename[name], got, want) for name, got, want in filled.mismatched])
 
 
 def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None) -> Path:

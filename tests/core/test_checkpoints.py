@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import blip_core
 from blip_core import CheckpointError
-from blip_core.checkpoints import TEXT_KEYS, VIT_HF_KEYS, load_model, open_checkpoint
+from blip_core.checkpoints import load_model, open_checkpoint
+from blip_core.checkpoints.keymaps import TEXT_KEYS, VIT_HF_KEYS
 from tests.core.test_parity import to_salesforce
 from tests.helpers import random_pixels, seeded_hf_model
 
