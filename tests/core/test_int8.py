@@ -4,6 +4,7 @@ part-by-part, cached, and fails cleanly."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,6 @@ def test_conversion_is_cached(dirs, cache, monkeypatch):
 
 def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
     import json
-    from pathlib import Path
 
     root = cache / "int8"
     root.mkdir(parents=True)
@@ -434,9 +434,10 @@ def test_converted_folders_refuse_what_they_cannot_do(dirs, tmp_path, capsys):
     assert cli.main(["convert", str(dirs["caption"]), str(out)]) == 2  # never over an existing folder
     assert "exists and is not an empty folder" in capsys.readouterr().err
     meta = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**meta, "engine": meta["engine"] - 1}))
-    with pytest.raises(blip_core.CheckpointError, match="another blipcam release.*blip convert"):
-        blip_core.load(out, precision="int8")
+    for engine_version in (meta["engine"] - 1, meta["engine"] + 1, str(meta["engine"])):  # older, newer, garbled
+        (out / "config.json").write_text(json.dumps({**meta, "engine": engine_version}))
+        with pytest.raises(blip_core.CheckpointError, match="another blipcam release.*blip convert"):
+            blip_core.load(out, precision="int8")
 
 
 def test_without_torch_the_error_says_what_needed_it(dirs, cache, tmp_path):
@@ -461,3 +462,87 @@ print("cli", cli.main(["caption", {str(image)!r}, "--model", {str(dirs["caption"
     assert lines[0].startswith("int8 | converting ") and "to int8 (once) needs torch, which is not installed" in lines[0]
     assert lines[1].startswith("fp32 | precision='fp32' needs torch") and "blip convert" in lines[1]
     assert lines[2] == "cli 2" and done.stderr.count("blip: error:") == 1 and "needs torch" in done.stderr
+
+
+# ------------------------------------------------------------------ the engine version follows the graphs
+SIGNATURE_FILE = Path(__file__).with_name("int8_graph_signature.json")
+SIGNATURE_NAME = "tests/core/int8_graph_signature.json"
+REGENERATE = ("BLIPCAM_UPDATE_GRAPH_SIGNATURE=1 .venv/bin/python -m pytest -q tests/core/test_int8.py "
+              "-k graph_signature")
+
+
+def _graph_signature(path: Path) -> str:
+    """A hash of one graph's structure: per node its op type, domain, attributes and where each input
+    comes from (a graph input, an initializer's name and shape, or the n-th output of the k-th node);
+    the graph's inputs and outputs. Not node names nor the exporter's numbered names (``onnx::MatMul_171``),
+    which churn, nor weight values, which are the checkpoint's, not the code's."""
+    import hashlib
+    import json
+    import re
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    unnumbered = lambda name: re.sub(r"_\d+$", "_#", name) if name.startswith("onnx::") else name  # noqa: E731
+    source = {t.name: f"init {unnumbered(t.name)} {list(t.dims)} {t.data_type}" for t in graph.initializer}
+    source |= {i.name: f"input {i.name}" for i in graph.input}
+
+    def attribute(a):
+        value = helper.get_attribute_value(a)
+        if isinstance(value, onnx.TensorProto):  # a Constant's value: dtype, shape and bytes, not its name
+            array = numpy_helper.to_array(value)
+            value = [str(array.dtype), list(array.shape), hashlib.sha256(array.tobytes()).hexdigest()]
+        elif isinstance(value, bytes):
+            value = value.decode()
+        return [a.name, value if isinstance(value, (int, float, str, list)) else repr(value)]
+
+    nodes = []
+    for k, node in enumerate(graph.node):
+        nodes.append([node.op_type, node.domain, [source.get(i, i) for i in node.input],
+                      sorted(attribute(a) for a in node.attribute)])
+        source |= {o: f"node {k} output {n}" for n, o in enumerate(node.output)}
+    shape = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    io = [[v.name, v.type.tensor_type.elem_type, shape(v)] for v in (*graph.input, *graph.output)]
+    blob = json.dumps({"nodes": nodes, "io": io, "outputs": [source[o.name] for o in graph.output]}, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _graph_signatures(dirs, folder: Path) -> dict[str, str]:
+    """The signature of every graph the converter writes (fp32, before ONNX Runtime's quantiser,
+    whose output depends on its version and the CPU, both already in the cache key), after our own
+    rewrite of the word tables, for the tiny seeded models of the three tasks."""
+    import onnx
+
+    signatures = {}
+    for task, source in dirs.items():
+        engine.convert(open_checkpoint(source), folder / task, quantized=False)
+        for path in sorted((folder / task).glob("*.onnx")):
+            model = onnx.load(str(path))
+            engine.block_quantize_word_tables(model)
+            onnx.save(model, str(path))
+            signatures[path.name.removesuffix(".int8.onnx")] = _graph_signature(path)
+    return dict(sorted(signatures.items()))
+
+
+def test_graph_signature_changes_only_with_the_engine_version(dirs, tmp_path):
+    """The cache is keyed on ENGINE_VERSION, not on the code's text: graphs that change without a
+    bump would load a stale conversion. The recorded signature catches that."""
+    import json
+
+    from blip_core.int8.spec import ENGINE_VERSION
+
+    signature = _graph_signatures(dirs, tmp_path)
+    assert signature == _graph_signatures(dirs, tmp_path / "again")  # deterministic: nothing churns
+    current = {"engine_version": ENGINE_VERSION, "torch": torch.__version__, "signature": signature}
+    if os.environ.get("BLIPCAM_UPDATE_GRAPH_SIGNATURE") == "1":
+        SIGNATURE_FILE.write_text(json.dumps(current, indent=2) + "\n")
+    recorded = json.loads(SIGNATURE_FILE.read_text())
+    changed = sorted(k for k in signature.keys() | recorded["signature"].keys()
+                     if signature.get(k) != recorded["signature"].get(k))
+    if changed and recorded["engine_version"] == ENGINE_VERSION:
+        exporter = (f" (the exporter changed too: recorded with torch {recorded['torch']}, now {torch.__version__})"
+                    if recorded["torch"] != torch.__version__ else "")
+        pytest.fail(f"the int8 graphs changed ({', '.join(changed)}){exporter}: bump "
+                    f"blip_core.int8.spec.ENGINE_VERSION and regenerate {SIGNATURE_NAME} (how: {REGENERATE})")
+    assert recorded == current, f"ENGINE_VERSION is {ENGINE_VERSION}: regenerate {SIGNATURE_NAME} ({REGENERATE})"
