@@ -121,13 +121,15 @@ def load_captioner(req: ModelRequest, loader: Loader, progress: Progress | None 
     except WeightsUnavailableError as e:
         demo = demo_path()
         if demo is None:
-            raise WeightsUnavailableError(f"{e} The bundled demo model is not installed either, so there is "
-                                          "nothing to caption with: connect to the internet once, or pass --model PATH.") from e
+            raise WeightsUnavailableError(
+                f"{e} The bundled demo model is not installed either, so there is nothing to caption with: "
+                "connect to the internet once, or pass --model PATH.") from e
         out.captioner = _load(loader, str(demo), req, "demo model", progress)
         out.used_demo = True
         out.notices.append(DEMO_NOTICE)
     if "caption" not in out.captioner.tasks:
-        raise WrongTaskError(f"{out.captioner.name} cannot write captions (it does {', '.join(sorted(out.captioner.tasks))}); "
+        does = ", ".join(sorted(out.captioner.tasks))
+        raise WrongTaskError(f"{out.captioner.name} cannot write captions (it does {does}); "
                              "pass a captioning checkpoint with --caption-model")
     return out
 

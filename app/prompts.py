@@ -14,7 +14,9 @@ from blip_core.generation import DEFAULT_BEAMS, STRATEGIES, beam_count
 
 PROMPT_MODES = ("none", "picture", "photography", "custom")
 PRESET_PROMPTS = {"none": "", "picture": "a picture of ", "photography": "a photography of "}
-PROMPT_LABELS = {"none": "No prompt", "picture": "“a picture of”", "photography": "“a photography of”", "custom": "Custom:"}
+PROMPT_LABELS = {
+    "none": "No prompt", "picture": "“a picture of”", "photography": "“a photography of”", "custom": "Custom:",
+}
 MAX_PROMPT_CHARS = 80  # the caption decoder has ~40 positions; a long prefix leaves none for the caption
 
 MIN_TOKENS, MAX_TOKENS = 1, 60

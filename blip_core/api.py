@@ -131,8 +131,9 @@ class Blip:
 
     def _require(self, task: str) -> None:
         if task not in self.cfg.tasks:
+            verb = {"caption": "caption", "vqa": "answer questions", "match": "match texts"}[task]
             raise WrongTaskError(
-                f"{self.name or 'this model'} cannot {dict(caption='caption', vqa='answer questions', match='match texts')[task]}: "
+                f"{self.name or 'this model'} cannot {verb}: "
                 f"it was loaded for {', '.join(self.cfg.tasks)}; load a {task} checkpoint"
             )
 
@@ -176,7 +177,8 @@ class Blip:
     @_inference
     def caption(self, image, prompt: str = "a picture of ", max_new_tokens: int = 20, min_new_tokens: int = 5,
                 num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9,
-                repetition_penalty: float = 1.0, num_return_sequences: int = 1, seed: int | None = None) -> CaptionResult:
+                repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+                seed: int | None = None) -> CaptionResult:
         """Caption an image (or features). ``prompt`` conditions the caption and is not part of the
         returned text; ``strategy`` defaults to beam search when ``num_beams > 1``, else greedy."""
         self._require("caption")

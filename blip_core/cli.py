@@ -178,7 +178,8 @@ def cmd_info(args) -> int:
     model, _, report = load_model(path)
     n = sum(p.numel() for p in model.parameters())
     print(f"{report.summary()}\n{n / 1e6:.1f}M parameters; {model.cfg.vision.image_size}px; "
-          f"vision {model.cfg.vision.width}x{model.cfg.vision.layers}, text {model.cfg.text.width}x{model.cfg.text.layers}")
+          f"vision {model.cfg.vision.width}x{model.cfg.vision.layers}, "
+          f"text {model.cfg.text.width}x{model.cfg.text.layers}")
     return 0
 
 
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption one or more images")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--prompt", default="a picture of ", help='conditional prompt (default "a picture of "; "" for none)')
+    p.add_argument("--prompt", default="a picture of ",
+                   help='conditional prompt (default "a picture of "; "" for none)')
     p.add_argument("--beams", type=int, default=1, help="beam search with N beams (1 = greedy)")
     p.add_argument("--strategy", choices=("greedy", "beam", "nucleus"), default=None)
     p.add_argument("--max-new-tokens", type=int, default=20)

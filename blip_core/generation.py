@@ -146,7 +146,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest of each row of x [R, N], largest first (ties: lower index first) ->
     (values [R, k], indices [R, k]). A partition, then a sort of only those k."""
-    idx = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.broadcast_to(np.arange(x.shape[1]), x.shape)
+    if k < x.shape[1]:
+        idx = np.argpartition(-x, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(x.shape[1]), x.shape)
     vals = np.take_along_axis(x, idx, 1)
     order = np.lexsort((idx, -vals), axis=1)
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)

@@ -96,4 +96,5 @@ def fetch(repo_id: str, progress: Progress | None = None) -> Path:
         if progress:
             progress(1.0, f"{repo_id} ready")
         return config.parent
-    raise WeightsUnavailableError(f"{repo_id} on the hub has no config.json with model.safetensors or pytorch_model.bin")
+    raise WeightsUnavailableError(
+        f"{repo_id} on the hub has no config.json with model.safetensors or pytorch_model.bin")
