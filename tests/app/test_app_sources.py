@@ -210,7 +210,7 @@ def test_empty_folder_is_an_error(tmp_path):
         FolderSource(tmp_path).open()
 
 
-def test_scenes_source_yields_rgb_frames_with_or_without_blip_core_scenes():
+def test_scenes_source_yields_rgb_frames():
     source = ScenesSource(interval=0.01, size=96)
     source.open()
     a, b = source.read(), source.read()
