@@ -1,6 +1,6 @@
 """CapFilt: bootstrap a cleaner caption corpus with a captioner and a filter (BLIP, section 3.3).
 
-    python -m training.capfilt --config training/configs/capfilt_smoke.yaml init=runs/pretrain \\
+    python -m training.capfilt --config training/configs/smoke.yaml init=runs/smoke \\
         data=json train_json=clean.json web_json=web.json image_root=corpus
     torchrun --nproc_per_node=4 -m training.capfilt --config FILE init=... web_shards='web/{00000..00099}.tar'
 
@@ -33,12 +33,27 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from blip_core.checkpoints.atomic import atomic_file
+
 from . import dist, finetune
-from .run_state import find_checkpoint, list_checkpoints
-from .config import (ConfigError, Contrastive, EvalOptions, FinetuneConfig, Optimisation, Common, arg_parser,
-                     from_dict, parse, run_cli, setup_process, to_dict, _positive)
-from .data import DatasetError, pre_caption, read_annotations, _texts
+from .config import (
+    Common,
+    ConfigError,
+    Contrastive,
+    EvalOptions,
+    FinetuneConfig,
+    Optimisation,
+    _positive,
+    arg_parser,
+    from_dict,
+    parse,
+    run_cli,
+    setup_process,
+    to_dict,
+)
+from .data import DatasetError, _texts, pre_caption, read_annotations
 from .loop import train
+from .run_state import find_checkpoint, list_checkpoints
 
 log = logging.getLogger("training.capfilt")
 STAGES = ("captioner", "filter", "bootstrap")
@@ -163,19 +178,16 @@ class Bootstrapper:
         if not texts:
             return []
         matches = self.filter.match(image, [t for t, _ in texts])
-        return [Scored(t, o, float(m.itm)) for (t, o), m in zip(texts, matches)]
+        return [Scored(t, o, float(m.itm)) for (t, o), m in zip(texts, matches, strict=True)]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        from blip_core.errors import StorageError
+    """``atomic_file``, its OSError (a full disk, a read-only folder) said as a StorageError."""
+    from blip_core.errors import StorageError
 
+    try:
+        atomic_file(path, text)
+    except OSError as e:
         raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
 
 
@@ -318,7 +330,8 @@ def bootstrap_shards(cfg: CapFiltConfig, boot: Bootstrapper, info: dist.DistInfo
         os.replace(tmp, target)
         stats.append({**n, **_counts(texts)})
     gathered = [s for rank_stats in dist.all_gather_object(stats) for s in rank_stats]
-    report: dict = {"itm_threshold": cfg.itm_threshold, "captions_per_image": cfg.captions_per_image, "top_p": cfg.top_p}
+    report: dict = {"itm_threshold": cfg.itm_threshold, "captions_per_image": cfg.captions_per_image,
+                    "top_p": cfg.top_p}
     for s in gathered:
         for k, v in s.items():
             report[k] = report.get(k, 0) + v

@@ -27,12 +27,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from blip_core.checkpoints import export_hf, materialize, open_checkpoint, save
-from blip_core.model.config import VISION_PRESETS, preset
+from blip_core.checkpoints import export_hf, materialize, open_checkpoint
+from blip_core.checkpoints.atomic import atomic_folder
+from blip_core.checkpoints.fill import fill_module
+from blip_core.checkpoints.saving import write_model
 from blip_core.errors import CheckpointError
 from blip_core.model.blip import BlipModel
+from blip_core.model.config import VISION_PRESETS, preset
 from blip_core.tokenizer import BlipTokenizer
-from blip_core.model.vision import resample_pos_embed
 
 from .config import ConfigError
 from .vocab import make_tokenizer, text_ids
@@ -59,37 +61,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(folder: Path, model: BlipModel, tokenizer: BlipTokenizer, state: dict[str, Any],
                     config: dict[str, Any]) -> Path:
-    """Write the model and ``state`` (a ``torch.save``-able dict) into ``folder`` atomically."""
+    """Write the model and ``state`` (a ``torch.save``-able dict) into ``folder`` atomically, staged
+    in ``.step-N.partial-PID`` (the old checkpoint waits in ``.step-N.old-PID`` while it is swapped:
+    ``clean_interrupted_saves`` knows both names)."""
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save(model, staging, tokenizer, extra={"training": {"step": state["step"], "command": config.get("command")}})
+    pid = os.getpid()
+    with atomic_folder(folder, staging=f".{folder.name}.partial-{pid}", aside=f".{folder.name}.old-{pid}") as staging:
+        write_model(model, staging, tokenizer, extra={"training": {"step": state["step"],
+                                                                   "command": config.get("command")}})
         torch.save(state, staging / STATE_FILE)
         (staging / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        for f in (STATE_FILE, "train_config.yaml"):
-            _fsync(staging / f)
-        if folder.exists():  # replace: move the old one aside first, so one of them is always whole
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
-        _fsync(folder.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -209,26 +192,20 @@ def init_model(init: str, tasks: tuple[str, ...], image_size: int = 0) -> tuple[
     if image_size:
         cfg = replace(cfg, vision=replace(cfg.vision, image_size=image_size))
     model = BlipModel(cfg)
-    weights, fresh = {}, []
-    for key, target in model.state_dict().items():
-        src = key if key in source else None
-        if src is None and key.startswith("answer_decoder."):
-            src = "text_decoder." + key[len("answer_decoder."):]
-            src = src if src in source else None
-        value = source.get(src) if src else None
-        if value is not None and key == "vision.pos_embed" and value.shape != target.shape:
-            value = resample_pos_embed(value, cfg.vision.grid)
-        if value is None or value.shape != target.shape:
-            fresh.append(key)
-            continue
-        weights[key] = value
-    model.load_state_dict(weights, strict=False)
+
+    def tensor(key: str) -> torch.Tensor | None:
+        if key not in source and key.startswith("answer_decoder."):
+            key = "text_decoder." + key[len("answer_decoder."):]
+        return source.get(key)
+
+    filled = fill_module(model, tensor)
+    fresh = filled.absent + [name for name, _, _ in filled.mismatched]
     if fresh:
         parts = sorted({".".join(k.split(".")[:3]) for k in fresh})
         log.warning("init %s: %d tensors not in the checkpoint start fresh: %s", init, len(fresh),
                     ", ".join(parts[:12]))
     log.info("init from %s (%s): tasks %s, %d tensors loaded", init, ck.report.format, "+".join(cfg.tasks),
-             len(weights))
+             len(filled.loaded))
     return model.train(), tokenizer
 
 

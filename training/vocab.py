@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import string
-import tempfile
 from pathlib import Path
 
+from blip_core.checkpoints.atomic import atomic_file
 from blip_core.scenes import VOCABULARY
 from blip_core.tokenizer import BERT_VOCAB, BlipTokenizer
 
@@ -36,13 +36,7 @@ def scene_vocab() -> list[str]:
 
 def write_vocab(tokens: list[str], path: str | os.PathLike) -> Path:
     """Write atomically (several ranks may write the same file at once)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(tokens) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_file(path, "\n".join(tokens) + "\n")
 
 
 def make_tokenizer(vocab: str, output_dir: str | os.PathLike) -> BlipTokenizer:

@@ -91,8 +91,8 @@ def test_unexpected_keys_are_reported(tmp_path, hf_dirs):
 
 
 def test_key_maps_are_bijective():
-    from blip_core.model.config import preset
     from blip_core.model.blip import BlipModel
+    from blip_core.model.config import preset
 
     model = BlipModel(preset("tiny", tasks=("caption", "vqa", "match")))
     for name in model.state_dict():
@@ -174,3 +174,68 @@ def test_unreadable_pth_hints_say_why(tmp_path):
     with pytest.raises(CheckpointError, match="not a plain weights file .*_Custom.* refused for safety") as e:
         open_checkpoint(pickled)
     assert "weights_only" not in str(e.value)  # torch's advice to load it unsafely is never passed on
+
+
+# ------------------------------------------------------------- the shared helpers
+def test_a_tokenizer_json_vocab_is_one_file_whatever_the_process(tmp_path):
+    """tokenizer.json -> vocab.txt is named by its content: two processes get the same file and
+    leave no new one behind (a salted ``hash()`` in the name left one per run)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5, f"dog-{tmp_path.name}": 6}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": vocab}}))
+    code = ("import sys; from pathlib import Path; from blip_core.checkpoints.vocab import vocab_from_tokenizer_json; "
+            "print(vocab_from_tokenizer_json(Path(sys.argv[1])))")
+    root = Path(__file__).resolve().parents[2]
+    run = lambda: subprocess.run([sys.executable, "-c", code, str(tmp_path / "tokenizer.json")], cwd=root,  # noqa: E731
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    first = run()
+    before = set(Path(tempfile.gettempdir()).glob("blip-vocab-*"))
+    assert run() == first
+    assert set(Path(tempfile.gettempdir()).glob("blip-vocab-*")) == before
+    assert Path(first).read_text().split("\n")[:7] == sorted(vocab, key=vocab.get)
+    Path(first).unlink()
+
+
+def test_atomic_folder_swaps_in_whole_or_not_at_all(tmp_path):
+    from blip_core.checkpoints.atomic import atomic_file, atomic_folder
+
+    target = tmp_path / "model"
+    with atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("killed midway")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "a.txt").read_text() == "one"
+    with atomic_folder(target, staging=".model.partial-1", aside=".model.old-1") as staging:
+        assert staging.name == ".model.partial-1"
+        (staging / "b.txt").write_text("two")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in target.iterdir()] == ["b.txt"]
+    atomic_file(tmp_path / "f.txt", "text")
+    with pytest.raises(OSError):
+        atomic_file(tmp_path / "f.txt" / "x", b"not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "model"]
+
+
+def test_fill_module_copies_into_a_live_model_and_resamples(tmp_path):
+    """Training's init fills a live model: parameters keep their identity and share no memory
+    with the source; position embeddings of another grid are resampled, other shapes reported."""
+    from blip_core.checkpoints.fill import fill_module
+    from blip_core.model.blip import BlipModel
+    from blip_core.model.config import preset
+
+    source = BlipModel(preset("tiny", ("caption",))).state_dict()
+    model = BlipModel(preset("tiny", ("caption",)))
+    param = model.vision.cls_token
+    grid = model.cfg.vision.grid
+    small = source["vision.pos_embed"][:, : 1 + (grid // 2) ** 2]
+    bad = "text_decoder.embed.norm.weight"
+    tensors = {**source, "vision.pos_embed": small, bad: torch.ones(3)}
+    filled = fill_module(model, tensors.get)
+    assert model.vision.cls_token is param and torch.equal(param, source["vision.cls_token"])
+    assert param.data_ptr() != source["vision.cls_token"].data_ptr()
+    assert [n for n, _, _ in filled.resampled] == ["vision.pos_embed"] and filled.absent == []
+    assert filled.mismatched == [(bad, (3,), tuple(source[bad].shape))]
