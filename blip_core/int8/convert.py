@@ -94,25 +94,17 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
 
 
 def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False) -> None:
-    """int8 weights for one graph, chosen by measurement (docs/benchmarks.md). ``blocks`` (the
-    decoders: their steps and cross keys/values): ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on
-    activations quantised per block of 32 too; per-tensor activations cost a small trained model a
-    third of its identical greedy captions, blocks cost a step ~5% more time; ``many_rows`` (the
-    captioner's cross keys/values over the image): fp32 compute where that is faster
-    (``_fast_int8_blocks``). Everything else (the
-    ViT, the bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per
-    tensor), 2x faster than blocks there, whose kernels (on AVX2) are slow for many rows. Word
-    embeddings: int8 rows in blocks of 32 (``block_quantize_word_tables``); ONNX Runtime's quantiser
-    gives a table one scale, which rounds rare tokens' small rows coarsely. On the previous demo
-    model (identical greedy captions int8 vs fp32, 200 scenes): one scale per table 91.5%, per row 93%,
-    blocks of 32 95.0%, fp32 tables 95.5% (and, with one scale per table, the ViT in fp32 94.5%,
-    the decoding step in fp32 96.5%: both parts' int8 arithmetic flips near-tied words). Blocks of
-    32 add ~3 MB to a BLIP-base decoder; fp32 tables would add ~70 MB. The ViT keeps its attention
-    output projections in fp32 (``vit_fp32_matmuls``). Its activations quantised per token
-    instead (symmetric, uint8 around 128): no better on the previous demo model (ViT output error
-    2.3% against 1.8% per tensor), and ONNX Runtime's MatMul fusions assume one activation scale,
-    so they would need fusion turned off. fp32 compute in ``MatMulNBits`` (accuracy level 0/1)
-    would spare the decoders' activations, but its 8-bit kernel is ~25x slower per step here."""
+    """int8 weights for one graph ``src`` -> ``dst``, each choice the measured best (the figures:
+    docs/benchmark_notes.md). ``blocks`` (the decoders: their steps and cross keys/values):
+    ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on activations quantised per
+    block of 32 too, since activations quantised per tensor flip a small model's near-tied words;
+    ``many_rows`` (the captioner's cross keys/values over the image): fp32 compute on those 8-bit
+    weights where that is faster (``_fast_int8_blocks``). Everything else (the ViT, the
+    bidirectional encoder): dynamic int8 MatMul (per-channel weights, activations per tensor),
+    faster than blocks for many rows, the ViT's attention output projections kept fp32
+    (``vit_fp32_matmuls``). Word embeddings: int8 rows in blocks of 32
+    (``block_quantize_word_tables``), since ONNX Runtime's quantiser gives a table one scale, which
+    rounds rare tokens' small rows coarsely."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
