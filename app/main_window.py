@@ -15,12 +15,20 @@ from pathlib import Path
 from PySide6.QtCore import QByteArray, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QFileDialog, QGroupBox, QHBoxLayout, QMainWindow, QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
     QWidget,
 )
 
-from app.capture import CaptureThread
 from app.arguments import AppConfig
+from app.capture import CaptureThread
 from app.inference import AnswerOutcome, CaptionOutcome
 from app.model_choice import LoadedModels, Loader, short_name
 from app.questions import QAHistory, QuestionError, validate_question

@@ -7,8 +7,16 @@
 
 from pathlib import Path
 
-from blip_core.errors import (BadImageError, BadInputError, BlipError, CheckpointError, MissingTorchError, StorageError,
-                     WeightsUnavailableError, WrongTaskError)
+from blip_core.errors import (
+    BadImageError,
+    BadInputError,
+    BlipError,
+    CheckpointError,
+    MissingTorchError,
+    StorageError,
+    WeightsUnavailableError,
+    WrongTaskError,
+)
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 
 __version__ = "0.1.0"

@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from blip_core.checkpoints import LoadReport, materialize, open_checkpoint
-from blip_core.model.config import TASKS
-from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.errors import BadInputError, BlipError, WrongTaskError, import_torch
 from blip_core.generation import DecodingOptions, generate, softmax, whole_number
 from blip_core.hub import Progress, fetch, looks_like_hub_id
+from blip_core.model.config import TASKS
+from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.ranking import rank_answers
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 from blip_core.tokenizer import BlipTokenizer, require_text
 
 if TYPE_CHECKING:
-    from blip_core.model.blip import BlipModel
     from blip_core.int8.runtime import OrtModel
+    from blip_core.model.blip import BlipModel
 
 PRECISIONS = ("fp32", "int8")
 MAX_THREADS = 256  # a hard ceiling whatever the CPU count (100000 threads segfaulted libgomp, 16 GB in ORT)

@@ -53,9 +53,8 @@ def random_checkpoint(task: str, root: Path) -> Path:
     folder = root / f"blip-base-random-{task}"
     if (folder / "config.json").is_file():
         return folder
-    import transformers
-
     import torch
+    import transformers
 
     cls = {"caption": "BlipForConditionalGeneration", "vqa": "BlipForQuestionAnswering"}[task]
     torch.manual_seed(0)
@@ -473,8 +472,8 @@ def main(args) -> int:
                   flush=True)
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     results = {

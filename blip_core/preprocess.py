@@ -48,13 +48,22 @@ from numbers import Integral
 from typing import Union
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
 
 # Import the decoders we accept so they register themselves in Image.OPEN (cheap, ~15 ms;
 # ``Image.init()`` would import all ~45 plugins, ~50 ms). MPO (multi-picture JPEG from phones) is
 # opened by the JPEG plugin.
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin  # noqa: F401
-from PIL import PpmImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
+from PIL import (  # noqa: F401  # noqa: F401
+    BmpImagePlugin,
+    ExifTags,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 try:  # Pillow >= 11.2 only
     from PIL import AvifImagePlugin  # noqa: F401

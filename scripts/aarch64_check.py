@@ -103,8 +103,8 @@ def aarch64_site(folder: Path) -> Path:
 def convert_as_aarch64(folder: Path) -> Path:
     """``blip convert`` the demo model into ``folder``, choosing what an aarch64 machine chooses."""
     import blip_core
-    from blip_core.int8 import convert as engine
     from blip_core.checkpoints import open_checkpoint
+    from blip_core.int8 import convert as engine
 
     engine._fast_int8_blocks = lambda: True  # int8 compute in every block MatMul, as on a Pi
     shutil.rmtree(folder, ignore_errors=True)

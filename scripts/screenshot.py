@@ -40,7 +40,7 @@ def render_screenshot(out: Path, model: str, *, precision: str = "fp32", seed: i
     from app.settings import Settings
     from app.sources import ScenesSource
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    QApplication.instance() or QApplication(sys.argv[:1])  # the widgets need one; it lives for the process
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(Path(tmp) / "screenshot.ini")
         settings.set("snapshots/folder", str(Path(tmp) / "snapshots"))

@@ -18,21 +18,31 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from blip_core import ranking
 from blip_core.checkpoints import load_model
 from blip_core.generation import DecodingOptions, generate
-from blip_core.model.text import DecoderSession
-from blip_core import ranking
 from blip_core.metrics import caption_scores, recall_at_k, vqa_accuracy
 from blip_core.model.blip import BlipModel
 from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
+from blip_core.model.text import DecoderSession
 from blip_core.tokenizer import BlipTokenizer
 
 from . import dist
+from .config import TRAINING_ONLY, ConfigError, EvalConfig, arg_parser, parse, run_cli, setup_process, task_list
+from .data import (
+    CaptionEval,
+    DatasetError,
+    VqaEval,
+    eval_collate,
+    json_caption_eval,
+    json_vqa_eval,
+    pre_question,
+    read_annotations,
+    scene_answer_list,
+    scene_caption_eval,
+    scene_vqa_eval,
+)
 from .run_state import resolve_init
-from .config import (TRAINING_ONLY, ConfigError, EvalConfig, arg_parser, parse, run_cli, setup_process,
-                     task_list)
-from .data import (CaptionEval, DatasetError, VqaEval, eval_collate, json_caption_eval, json_vqa_eval, pre_question,
-                   read_annotations, scene_answer_list, scene_caption_eval, scene_vqa_eval)
 
 log = logging.getLogger("training.evaluate")
 MODEL_TASK = {"caption": "caption", "vqa": "vqa", "retrieval": "match"}  # task -> the model part it needs

@@ -26,12 +26,12 @@ import logging
 import torch
 
 from . import dist
-from .run_state import build_model, init_temperature
 from .config import TASK_NAMES, ConfigError, FinetuneConfig, arg_parser, parse, run_cli
 from .data import train_captions, train_vqa
 from .evaluate import MODEL_TASK, EvalSets, eval_sets, evaluate_model
 from .loop import Run, launch
 from .objectives import Objective
+from .run_state import build_model, init_temperature
 
 log = logging.getLogger("training.finetune")
 PART = {"caption": "lm", "vqa": "vqa", "retrieval": "itc_itm"}

@@ -23,11 +23,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from . import dist
-from .run_state import (clean_interrupted_saves, export_all_hf, find_checkpoint, load_state, load_weights, prune,
-                         rng_state, save_checkpoint, set_rng_state, step_folder)
 from .config import setup_process, to_dict
 from .data import epoch_batches, steps_per_epoch
 from .objectives import Objective
+from .run_state import (
+    clean_interrupted_saves,
+    export_all_hf,
+    find_checkpoint,
+    load_state,
+    load_weights,
+    prune,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    step_folder,
+)
 from .schedule import alpha_at, lr_at
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from blip_core.model.text import TextTransformer
 from blip_core.tokenizer import BlipTokenizer
 
 from . import dist
-from .losses import (itc_loss, itc_targets, itm_loss, lm_loss, sample_hard_negatives, vqa_loss)
+from .losses import itc_loss, itc_targets, itm_loss, lm_loss, sample_hard_negatives, vqa_loss
 from .momentum import FeatureQueue, MomentumModel
 
 PARTS = ("itc_itm", "lm", "vqa")

@@ -16,11 +16,11 @@ import logging
 import torch
 
 from . import dist
-from .run_state import build_model, init_temperature
 from .config import PretrainConfig, arg_parser, parse, run_cli
 from .data import train_captions
 from .loop import Run, launch
 from .objectives import Objective, tie_text_stacks
+from .run_state import build_model, init_temperature
 
 log = logging.getLogger("training.pretrain")
 

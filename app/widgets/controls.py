@@ -5,11 +5,29 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QButtonGroup, QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton,
-    QRadioButton, QSpinBox, QVBoxLayout, QWidget,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
-from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_LABELS, PROMPT_MODES, CaptionOptions, build_prompt
+from app.prompts import (
+    MAX_PROMPT_CHARS,
+    MAX_TOKENS,
+    MIN_TOKENS,
+    PROMPT_LABELS,
+    PROMPT_MODES,
+    CaptionOptions,
+    build_prompt,
+)
 from app.settings import Settings
 from app.widgets.plain_text import plain_label
 from blip_core.generation import STRATEGIES

@@ -42,9 +42,9 @@ from blip_core.checkpoints.atomic import atomic_folder
 from blip_core.checkpoints.fill import fill_module, meta_model, refuse_mismatched
 from blip_core.errors import BadInputError, StorageError
 from blip_core.int8.graphs import CrossKVGraph, EncoderGraph, StepGraph, VisionGraph
-from blip_core.model.blip import BlipModel
 from blip_core.int8.memory import release_free_memory
 from blip_core.int8.spec import ENGINE_VERSION, HEADS, kv_names, kv_shapes, model_parts
+from blip_core.model.blip import BlipModel
 from blip_core.model.text import TextTransformer
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blip_core.model.config import VisionConfig
 from blip_core.errors import CheckpointError
+from blip_core.model.config import VisionConfig
 
 
 class PatchEmbed(nn.Module):

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.sources.base import FrameSource, SourceError
 from blip_core.errors import BadInputError, WeightsUnavailableError, WrongTaskError
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
-
-from app.sources.base import FrameSource, SourceError
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 40),

@@ -22,7 +22,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).parent))  # `import app_fakes` from any test module (named apart from other suites' fakes)
 
 import pytest  # noqa: E402
-
 from app_fakes import FakeLoader, FakeModel, FakeSource  # noqa: E402
 
 
@@ -104,9 +103,9 @@ def model_loader(fake_loader):
     """Swap point: a callable with blip_core.load's signature whose models count their calls."""
     if DEMO_MODEL is None:
         return fake_loader
-    import blip_core
-
     from app_fakes import CountingLoader
+
+    import blip_core
 
     return CountingLoader(blip_core.load)
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from app_fakes import FakeSource
 from PIL import Image
 
 from app.arguments import parse_args
@@ -19,7 +20,6 @@ from app.main import ExitAfterCaptions
 from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, demo_model_path
 from app.sources import OpenCVSource
 from app.sources.base import SourceSpec
-from app_fakes import FakeSource
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

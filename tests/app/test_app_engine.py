@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import time
 
+from app_fakes import FakeLoader, FakeModel, solid
+
 from app.inference import FeatureCache, InferenceEngine
 from app.model_choice import ModelRequest
 from app.prompts import CaptionOptions
 from app.snapshots import SnapshotRecord, list_snapshots, write_snapshot
 from app.sources.base import Frame
-from app_fakes import FakeLoader, FakeModel, solid
 
 
 def frame(index: int, colour: str = "red") -> Frame:
     return Frame(solid(colour), index, time.monotonic(), "test")
 
 
-def loaded_engine(loader=None, req=ModelRequest(caption="m", vqa="m")) -> InferenceEngine:
+def loaded_engine(loader=None, req=None) -> InferenceEngine:
+    req = req or ModelRequest(caption="m", vqa="m")
     engine = InferenceEngine(loader or FakeLoader())
     engine.load_captioner(req)
     engine.load_answerer(req)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from app_fakes import FakeLoader, FakeModel
 
-from blip_core.errors import WeightsUnavailableError, WrongTaskError
-
-from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, DEMO_NOTICE, ModelRequest, load_answerer, load_captioner
+from app.model_choice import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_VQA_MODEL,
+    DEMO_NOTICE,
+    ModelRequest,
+    load_answerer,
+    load_captioner,
+)
 from app.prompts import CaptionOptions, build_prompt
 from app.questions import MAX_QUESTION_CHARS, QAHistory, QuestionError, validate_question
 from app.sources.base import SourceSpec, as_rgb_frame, parse_source_spec
-from app_fakes import FakeLoader, FakeModel
+from blip_core.errors import WeightsUnavailableError, WrongTaskError
 
 # --- source specs ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from app_fakes import FakeLoader, FakeModel, FakeSource, solid
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 
 from app import model_choice as app_models
@@ -16,7 +17,6 @@ from app import snapshots
 from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, ModelRequest, short_name
 from app.settings import Settings
 from app.snapshots import SnapshotRecord, read_embedded_caption, write_snapshot
-from app_fakes import FakeLoader, FakeModel, FakeSource, solid
 
 
 def wait_caption(qtbot, window, timeout=5000):

@@ -13,14 +13,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from app_fakes import solid
 from PIL import Image
 
 from app import snapshots
 from app.snapshots import (
-    SnapshotError, SnapshotRecord, embedded_caption, list_snapshots, read_embedded_caption, read_snapshot,
-    scan_snapshots, sidecar_fields, word_search, write_snapshot,
+    SnapshotError,
+    SnapshotRecord,
+    embedded_caption,
+    list_snapshots,
+    read_embedded_caption,
+    read_snapshot,
+    scan_snapshots,
+    sidecar_fields,
+    word_search,
+    write_snapshot,
 )
-from app_fakes import solid
 
 WHEN = datetime(2025, 3, 4, 5, 6, 7, 890_000, tzinfo=timezone.utc)
 

@@ -8,12 +8,12 @@ import os
 import cv2
 import numpy as np
 import pytest
+from app_fakes import FakeSource
 from PIL import Image
 
 from app.capture import CaptureThread, FpsMeter, FrameMailbox
 from app.sources import FolderSource, OpenCVSource, ScenesSource, make_source, parse_source_spec
 from app.sources.base import Frame, SourceError
-from app_fakes import FakeSource
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import threading
 import time
 
 import pytest
+from app_fakes import FakeLoader, FakeModel, solid
 
 from app.jobs import JobThread
 from app.model_choice import ModelRequest
 from app.prompts import CaptionOptions
 from app.sources.base import Frame
 from app.worker import InferenceWorker
-from app_fakes import FakeLoader, FakeModel, solid
 
 REQ = ModelRequest(caption="m", vqa="m")
 
@@ -74,10 +74,10 @@ def test_shutdown_drain_runs_waiting_jobs_and_default_drops_them(qtbot):
         jt = JobThread("test")
         ran, gate = [], threading.Event()
         jt.start()
-        jt.submit(lambda: gate.wait(5))
-        qtbot.waitUntil(lambda: jt.running_job, timeout=2000)
+        jt.submit(lambda gate=gate: gate.wait(5))
+        qtbot.waitUntil(lambda jt=jt: jt.running_job, timeout=2000)
         for _ in range(3):
-            jt.submit(lambda: ran.append(1))
+            jt.submit(lambda ran=ran: ran.append(1))
         threading.Timer(0.05, gate.set).start()
         assert jt.shutdown(drain=drain)
         assert len(ran) == expected and not jt.isRunning()

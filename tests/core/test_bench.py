@@ -7,7 +7,6 @@ import argparse
 import json
 
 from blip_core import bench
-
 from tests.helpers import save_hf, seeded_hf_model
 
 

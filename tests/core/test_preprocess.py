@@ -19,7 +19,6 @@ from PIL import Image, ImageFile
 from blip_core import preprocess as P
 from blip_core.errors import BadImageError, BadInputError
 
-
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def claim_true(scene: Scene, claim) -> bool:
 
 def covered(scene: Scene, text: str) -> set[SceneObject]:
     objs: set[SceneObject] = set()
-    for count, size, colour, shape, where in claims(text):
+    for _count, size, colour, shape, where in claims(text):
         objs.update(o for o in matching(scene, size, colour, shape) if where is None or o.position == where)
     return objs
 

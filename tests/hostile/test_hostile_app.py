@@ -43,22 +43,26 @@ model_source = _app_conftest.model_source
 settings = _app_conftest.settings
 make_window = _app_conftest.make_window
 
+from app_fakes import FakeLoader, FakeModel, solid  # noqa: E402
 from PySide6 import QtGui  # noqa: E402  (after the conftest chose the offscreen platform)
 from PySide6.QtCore import QElapsedTimer, Qt  # noqa: E402
 from PySide6.QtGui import QTextDocument  # noqa: E402
 from PySide6.QtWidgets import QLabel, QWidget  # noqa: E402
 
-from blip_core.errors import BadImageError  # noqa: E402
-from blip_core.preprocess import load_image  # noqa: E402
-
 from app import snapshots  # noqa: E402
 from app.inference import InferenceEngine  # noqa: E402
 from app.model_choice import ModelRequest  # noqa: E402
 from app.snapshots import (  # noqa: E402
-    SnapshotRecord, list_snapshots, read_embedded_caption, read_snapshot, word_search, write_snapshot,
+    SnapshotRecord,
+    list_snapshots,
+    read_embedded_caption,
+    read_snapshot,
+    word_search,
+    write_snapshot,
 )
 from app.sources import FolderSource  # noqa: E402
-from app_fakes import FakeLoader, FakeModel, solid  # noqa: E402
+from blip_core.errors import BadImageError  # noqa: E402
+from blip_core.preprocess import load_image  # noqa: E402
 
 pytestmark = [pytest.mark.qt_log_level_fail("WARNING"), pytest.mark.qt_log_ignore("This plugin does not support"),
               pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]

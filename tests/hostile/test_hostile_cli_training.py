@@ -270,10 +270,9 @@ pretrain.run(tiny(C.PretrainConfig, sys.argv[1], max_steps=2, save_every=1, keep
 
 
 def test_a_run_killed_during_a_save_resumes_cleanly(tmp_path):
+    from tests.training.tiny_runs import records, tiny
     from training import config as C
     from training import pretrain
-
-    from tests.training.tiny_runs import records, tiny
 
     out = tmp_path / "run"
     child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)], cwd=REPO, stdout=subprocess.DEVNULL,

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 import blip_core
 from blip_core import BadImageError, BadInputError, CheckpointError
 from blip_core import preprocess as P
+from blip_core.checkpoints import open_checkpoint, save
+from blip_core.cli import main as cli_main
 from blip_core.int8 import cache as int8_cache
 from blip_core.int8 import runtime
 from blip_core.int8.spec import ENGINE_VERSION
-from blip_core.checkpoints import open_checkpoint, save
-from blip_core.cli import main as cli_main
 from tests.helpers import save_hf, seeded_hf_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -493,7 +493,7 @@ def test_two_processes_converting_one_model_convert_it_once(models, tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script), str(models["caption"]), str(tmp_path), name, str(rounds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for name in "ab"]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     rows = [[line.split(" ", 2) for line in out.strip().splitlines()] for out, _ in outs]
     for r in range(rounds):

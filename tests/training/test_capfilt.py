@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from blip_core import scenes
+from blip_core.scenes.truth import is_true
+from tests.training.tiny_runs import TINY, tiny
 from training import capfilt
 from training import config as C
 from training.experiments import capfilt_effect
-from blip_core.scenes.truth import is_true
 from training.make_scenes import write_scene_json, write_scene_shards
-
-from tests.training.tiny_runs import TINY, tiny
 
 
 @pytest.fixture(scope="module")

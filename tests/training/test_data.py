@@ -13,9 +13,23 @@ from PIL import Image
 
 from blip_core import scenes
 from blip_core.model.config import preset
-from training.data import (DatasetError, EpochBatches, ImageTransform, JsonCaptions, JsonVqa, SceneCaptions,
-                           SceneVqa, WebCaptions, answer_weights, collate, epoch_batches, pre_caption, pre_question,
-                           swap_left_right, train_transform)
+from training.data import (
+    DatasetError,
+    EpochBatches,
+    ImageTransform,
+    JsonCaptions,
+    JsonVqa,
+    SceneCaptions,
+    SceneVqa,
+    WebCaptions,
+    answer_weights,
+    collate,
+    epoch_batches,
+    pre_caption,
+    pre_question,
+    swap_left_right,
+    train_transform,
+)
 from training.make_scenes import write_scene_json, write_scene_shards
 from training.vocab import SPECIALS, make_tokenizer, scene_vocab, text_ids
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from tests.training.tiny_runs import records
-from training.run_state import load_state
 from training.data import EpochBatches
+from training.run_state import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -125,10 +125,10 @@ def test_merge_joins_the_vqa_encoders_to_the_caption_decoder(tmp_path):
     import torch
 
     from blip_core.checkpoints import load_model, save
-    from blip_core.model.config import preset
     from blip_core.model.blip import BlipModel
-    from training.run_state import text_ids
+    from blip_core.model.config import preset
     from training.experiments.demo_model import merge
+    from training.run_state import text_ids
     from training.vocab import make_tokenizer
 
     tok = make_tokenizer("scenes", tmp_path)

@@ -13,13 +13,12 @@ from safetensors.torch import load_file
 
 import blip_core
 from blip_core import scenes
+from blip_core.preprocess import pixel_values
+from tests.training.tiny_runs import records, tiny
 from training import config as C
 from training import evaluate, finetune
-from training.run_state import init_model
-from blip_core.preprocess import pixel_values
 from training.data import pre_question, scene_answer_list, scene_caption_eval
-
-from tests.training.tiny_runs import records, tiny
+from training.run_state import init_model
 
 EXPECTED = {  # task -> (losses logged, checkpoint tasks, eval metrics)
     "caption": ({"loss_lm"}, {"caption"}, {"caption": {"bleu4", "cider"}}),
@@ -44,7 +43,7 @@ def test_finetune_each_task(pretrained, tmp_path, task):
     recs = records(tmp_path)
     train = [r for r in recs if "loss" in r]
     assert [r["step"] for r in train] == [1, 2] and all(losses <= set(r) for r in train)
-    assert not any(k.startswith("loss_") and k[5:] not in {l[5:] for l in losses} for k in train[0])
+    assert not any(k.startswith("loss_") and k[5:] not in {name[5:] for name in losses} for k in train[0])
     evals = [r["eval"] for r in recs if "eval" in r]
     assert len(evals) == 1 and evals[0].keys() == metrics.keys()
     for name, keys in metrics.items():

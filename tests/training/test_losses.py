@@ -8,8 +8,17 @@ from unittest import mock
 import pytest
 import torch
 
-from training.losses import (IGNORE, itc_loss, itc_targets, itm_labels, itm_loss, lm_loss, lm_targets,
-                             sample_hard_negatives, vqa_loss)
+from training.losses import (
+    IGNORE,
+    itc_loss,
+    itc_targets,
+    itm_labels,
+    itm_loss,
+    lm_loss,
+    lm_targets,
+    sample_hard_negatives,
+    vqa_loss,
+)
 
 
 def _logsumexp(xs):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blip_core.model.config import preset
 from blip_core.model.blip import BlipModel
+from blip_core.model.config import preset
 from training.momentum import FeatureQueue, MomentumModel
 from training.schedule import alpha_at, lr_at
 

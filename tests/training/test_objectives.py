@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blip_core.model.config import preset
 from blip_core.model.blip import BlipModel
-from training.data import SceneCaptions, SceneVqa, ImageTransform, collate
+from blip_core.model.config import preset
+from training.data import ImageTransform, SceneCaptions, SceneVqa, collate
 from training.losses import lm_targets
 from training.objectives import Objective, tie_text_stacks
 from training.vocab import make_tokenizer, text_ids

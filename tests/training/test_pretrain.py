@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 
 import blip_core
 from blip_core.checkpoints import load_model
+from tests.training.tiny_runs import records, tiny
 from training import config as C
 from training import pretrain
-from training.run_state import find_checkpoint, load_state
 from training.data import EpochBatches, ImageTransform, JsonCaptions
 from training.make_scenes import write_scene_json
-
-from tests.training.tiny_runs import records, tiny
+from training.run_state import find_checkpoint, load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 

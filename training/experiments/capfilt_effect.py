@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from blip_core import scenes
+from blip_core.scenes.truth import is_true
 
 from ..make_scenes import write_scene_json
-from blip_core.scenes.truth import is_true
 
 VARIANTS = ("none", "F", "C", "CF")
 REPO = Path(__file__).resolve().parents[2]
