@@ -39,21 +39,32 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="blip-cam", description="Live BLIP captions and questions about what the camera sees.",
-                       epilog="keys: Space caption now · Enter ask · S save snapshot · P pause/resume · Ctrl+Q quit")
+                       epilog="keys: Space caption now · Enter ask · S save snapshot · P pause/resume · "
+                              "Ctrl+Q quit")
     p.add_argument("--source", default="auto", metavar="SPEC",
-                   help=f"where frames come from: {SOURCE_HELP} (default: auto = Pi camera, else webcam 0, else scenes)")
-    p.add_argument("--model", metavar="ID_OR_PATH", help="one model for captions and questions (shortcut for both options below)")
-    p.add_argument("--caption-model", metavar="ID_OR_PATH", help=f"caption checkpoint (default: {DEFAULT_CAPTION_MODEL})")
+                   help=f"where frames come from: {SOURCE_HELP} "
+                        "(default: auto = Pi camera, else webcam 0, else scenes)")
+    p.add_argument("--model", metavar="ID_OR_PATH",
+                   help="one model for captions and questions (shortcut for both options below)")
+    p.add_argument("--caption-model", metavar="ID_OR_PATH",
+                   help=f"caption checkpoint (default: {DEFAULT_CAPTION_MODEL})")
     p.add_argument("--vqa-model", metavar="ID_OR_PATH",
-                   help=f"question-answering checkpoint, or 'none' (default: {DEFAULT_VQA_MODEL}; unused when the caption model answers too)")
-    p.add_argument("--precision", choices=PRECISIONS, default="int8", help="weights: int8 (fast on CPU, default) or fp32")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference, up to 4 per CPU (default: physical cores minus one, leaving one for the preview)")
+                   help=f"question-answering checkpoint, or 'none' (default: {DEFAULT_VQA_MODEL}; "
+                        "unused when the caption model answers too)")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8",
+                   help="weights: int8 (fast on CPU, default) or fp32")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for inference, up to 4 per CPU "
+                        "(default: physical cores minus one, leaving one for the preview)")
     p.add_argument("--interval", type=float, default=3.0, metavar="SECONDS",
                    help="seconds per image for folder: and scenes sources (default: 3)")
-    p.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="where snapshots go (default: the saved choice, else ~/Pictures/blip-cam)")
-    p.add_argument("--settings", type=Path, metavar="PATH", help="settings INI file (default: the per-user config file)")
+    p.add_argument("--snapshot-dir", type=Path, metavar="DIR",
+                   help="where snapshots go (default: the saved choice, else ~/Pictures/blip-cam)")
+    p.add_argument("--settings", type=Path, metavar="PATH",
+                   help="settings INI file (default: the per-user config file)")
     p.add_argument("--exit-after-captions", type=int, metavar="N",
-                   help="print the first N captions to stdout, one per line, then exit 0 (checks an install; works offscreen)")
+                   help="print the first N captions to stdout, one per line, then exit 0 "
+                        "(checks an install; works offscreen)")
     return p
 
 

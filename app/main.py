@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None, *, loader: Loader | None = None, source:
     app.setApplicationName(APPLICATION)
 
     window = MainWindow(config, Settings(config.settings_path), loader=loader, source=source)
-    checker = ExitAfterCaptions(window, config.exit_after_captions, quit=app.quit) if config.exit_after_captions else None
+    checker = (
+        ExitAfterCaptions(window, config.exit_after_captions, quit=app.quit) if config.exit_after_captions else None
+    )
 
     # Ctrl-C in the terminal closes the window cleanly; the idle timer lets Python see the signal
     # while Qt's event loop runs (it otherwise only runs Python code on Qt events)

@@ -145,7 +145,8 @@ def encode_jpeg(image: Image.Image, caption: str, when: datetime) -> bytes:
     exif[TAG_DATETIME] = when.strftime("%Y:%m:%d %H:%M:%S")
     # UserComment: 8-byte charset header, then UTF-16 in the EXIF block's own byte order
     big_endian = exif.tobytes()[6:8] == b"MM"
-    exif.get_ifd(TAG_EXIF_IFD)[TAG_USER_COMMENT] = b"UNICODE\x00" + caption.encode("utf-16-be" if big_endian else "utf-16-le")
+    comment = b"UNICODE\x00" + caption.encode("utf-16-be" if big_endian else "utf-16-le")
+    exif.get_ifd(TAG_EXIF_IFD)[TAG_USER_COMMENT] = comment
     out = io.BytesIO()
     image.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY, exif=exif, xmp=_xmp_packet(caption))
     return out.getvalue()

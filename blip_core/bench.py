@@ -241,7 +241,8 @@ def study_child(model: str, threads: int, repeats: int) -> None:
 
 def study_rows(args, model: Path) -> dict:
     """{"baseline": name, "times": {config: [seconds]}} from ``study_child`` run beside the study's transformers."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.study_transformers.resolve()), str(Path(__file__).parents[1])])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(args.study_transformers.resolve()), str(Path(__file__).parents[1])])}
     cmd = [sys.executable, "-m", "blip_core.cli", "bench", "--study-child", str(model), "--threads", str(args.threads),
            "--repeats", str(args.repeats)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
@@ -270,14 +271,15 @@ def write_report(results: dict, out: Path) -> None:
         f"weights: {results['weights']}",
         f"- versions: torch {results['versions']['torch']}, transformers {results['versions']['transformers']}, "
         f"onnxruntime {results['versions']['onnxruntime']}",
-        f"- workload: 384 px, prompt \"{PROMPT.strip()}\", exactly {NEW_TOKENS} new tokens; image preprocessing included",
+        f"- workload: 384 px, prompt \"{PROMPT.strip()}\", exactly {NEW_TOKENS} new tokens; "
+        "image preprocessing included",
         "",
         "| workload | configuration | median ms | min–max ms | speed-up vs transformers |",
         "|---|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['config']} | {r['median_ms']:.0f} | {r['min_ms']:.0f}–{r['max_ms']:.0f} | "
-                     f"{r['speedup']:.1f}x |")
+        lines.append(f"| {r['workload']} | {r['config']} | {r['median_ms']:.0f} | "
+                     f"{r['min_ms']:.0f}–{r['max_ms']:.0f} | {r['speedup']:.1f}x |")
     if results.get("rss"):
         base = results["rss"].get("transformers-fp32")
         lines += ["", "Peak resident memory (`VmHWM`, each configuration in its own process: load + one caption):", "",
@@ -460,7 +462,8 @@ def main(args) -> int:
     hf_cap = hf_vqa = ours = ours_vqa = None  # free the models before the memory runs
     if args.study_transformers:
         study = study_rows(args, cap_dir)
-        record("new-frame caption, greedy, vs the study's transformers (own process)", study["times"], study["baseline"])
+        record("new-frame caption, greedy, vs the study's transformers (own process)",
+               study["times"], study["baseline"])
     rss, torch_free = {}, []
     if not args.no_rss:
         for config in ("transformers-fp32", "ours-fp32", "ours-int8"):
@@ -477,7 +480,8 @@ def main(args) -> int:
     except (OSError, StopIteration):
         pass
     results = {
-        "rows": rows, "rss": rss, "rss_without_torch": torch_free, "quality": quality, "threads": args.threads, "repeats": args.repeats,
+        "rows": rows, "rss": rss, "rss_without_torch": torch_free, "quality": quality,
+        "threads": args.threads, "repeats": args.repeats,
         "machine": f"{cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical), {platform.machine()}",
         "weights": str(args.model or "BLIP-base size, seeded random (transformers init, ViT at std 0.02)"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

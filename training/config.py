@@ -221,7 +221,8 @@ class FinetuneConfig(EvalOptions, Contrastive, Optimisation, Common):
             task_list(self.tasks)
         unknown = set(self.frozen_parts) - set(FREEZABLE)
         if unknown:
-            raise ConfigError(f"freeze: unknown part {', '.join(sorted(unknown))}; use a comma list of {', '.join(FREEZABLE)}")
+            raise ConfigError(f"freeze: unknown part {', '.join(sorted(unknown))}; "
+                              f"use a comma list of {', '.join(FREEZABLE)}")
 
     @property
     def frozen_parts(self) -> tuple[str, ...]:

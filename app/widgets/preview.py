@@ -65,7 +65,8 @@ class PreviewWidget(QWidget):
         area = QRectF(self.rect())
         if self._qimage is not None:
             size = self._qimage.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
-            area = QRectF((self.width() - size.width()) / 2, (self.height() - size.height()) / 2, size.width(), size.height())
+            area = QRectF((self.width() - size.width()) / 2, (self.height() - size.height()) / 2,
+                          size.width(), size.height())
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.drawImage(area, self._qimage)
         else:

@@ -168,7 +168,8 @@ class SnapshotBrowser(QDialog):
         self.mode.setText(f"Model ranking failed ({message}); showing word search")
 
     def _update_mode(self) -> None:
-        how = f"Enter ranks by image–text match with {self.ranker_name}" if self.can_rank else "word search over captions and Q&A"
+        how = (f"Enter ranks by image–text match with {self.ranker_name}" if self.can_rank
+               else "word search over captions and Q&A")
         self.mode.setText(f"{len(self.records)} snapshot(s) in {self.folder} · {how}")
 
     def _update_skipped(self) -> None:

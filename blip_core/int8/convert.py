@@ -175,7 +175,8 @@ def block_quantize_word_tables(model, block: int = 32) -> int:
         q = np.clip(np.rint(rows / scale), -127, 127).astype(np.int8)
         n = table.name
         model.graph.initializer.remove(table)
-        model.graph.initializer.extend([numpy_helper.from_array(q, n + ".q8"), numpy_helper.from_array(scale.astype(np.float32), n + ".scale"),
+        model.graph.initializer.extend([numpy_helper.from_array(q, n + ".q8"),
+                                        numpy_helper.from_array(scale.astype(np.float32), n + ".scale"),
                                         numpy_helper.from_array(np.array([0, 0, D], np.int64), n + ".shape")])
         ids, out = node.input[1], node.output[0]
         nodes += [helper.make_node("Gather", [n + ".q8", ids], [out + ".q8"]),

@@ -118,7 +118,8 @@ class FakeModel:
         q = question.lower()
         text = colour_name(f.embeds) if ("colour" in q or "color" in q) else ("1" if "how many" in q else "yes")
         total = enc.total_ms + max(self.answer_delay * 1000, 0.5)
-        return AnswerResult(text, question, (1,), Timings(enc.preprocess_ms, enc.vision_ms, 0.1, total - enc.total_ms, total))
+        return AnswerResult(text, question, (1,),
+                            Timings(enc.preprocess_ms, enc.vision_ms, 0.1, total - enc.total_ms, total))
 
     def match(self, image_or_f, texts) -> list[MatchResult]:
         if "match" not in self.tasks:

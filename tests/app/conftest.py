@@ -19,7 +19,8 @@ from pathlib import Path
 
 # offscreen unless the caller chose a platform (Dangerzone's pattern); set before Qt loads
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).parent))  # `import app_fakes` from any test module (named apart from other suites' fakes)
+# `import app_fakes` from any test module (named apart from other suites' fakes)
+sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 from app_fakes import FakeLoader, FakeModel, FakeSource  # noqa: E402

@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 def test_defaults():
     config = parse_args([])
     assert config.source == SourceSpec("auto") and config.exit_after_captions is None
-    assert (config.models.caption, config.models.vqa, config.models.precision) == (DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, "int8")
+    assert (config.models.caption, config.models.vqa, config.models.precision) == (
+        DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, "int8")
 
 
 def test_model_shortcut_and_options(tmp_path):
@@ -121,7 +122,8 @@ def test_exit_after_captions_prints_n_captions_and_exits_0(tmp_path, colour_fold
                    "--exit-after-captions", "3"], tmp_path, code=FAKE_MAIN)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and all(re.fullmatch(r"a picture of a (red|green|blue) scene", line) for line in lines), lines
+    assert len(lines) == 3 and all(
+        re.fullmatch(r"a picture of a (red|green|blue) scene", line) for line in lines), lines
     assert "Traceback" not in result.stderr
 
 
@@ -160,7 +162,8 @@ def test_exit_after_captions_says_why_a_folder_of_corrupt_images_gave_nothing(tm
                   tmp_path, code=FAST_RETRIES + FAKE_MAIN, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     last = result.stderr.splitlines()[-1]  # before it, one log line per skipped file
-    assert re.fullmatch(rf"blip-cam: error: folder {re.escape(str(bad))}: has no readable images \(2 skipped; the first: "
+    assert re.fullmatch(rf"blip-cam: error: folder {re.escape(str(bad))}: "
+                        r"has no readable images \(2 skipped; the first: "
                         r".*not an image in a supported format.*\) \(gave up after 5 attempts\)", last), last
     assert "camera" not in result.stderr
 

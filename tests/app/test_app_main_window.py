@@ -217,7 +217,9 @@ def _files(folder):
     ("disk_full", "disk is full"),
     ("read_only", "read-only or not writable"),
 ])
-def test_snapshot_failures_are_shown_and_keep_earlier_snapshots(qtbot, make_window, settings, monkeypatch, failure, message):
+def test_snapshot_failures_are_shown_and_keep_earlier_snapshots(
+    qtbot, make_window, settings, monkeypatch, failure, message
+):
     window = make_window(continuous=False)
     caption_on_demand(qtbot, window)
     with qtbot.waitSignal(window.snapshot_saved, timeout=5000):
@@ -341,7 +343,8 @@ def test_camera_loss_is_shown_and_recovers(qtbot, make_window):
     source = FakeSource(script={5: "none", 6: "raise"}, open_failures=0)
     window = make_window(source, retry_delays=(0.05,), start=False)
     shown = []  # what the status bar showed, in order (it changes faster than a poll)
-    window.capture.status.connect(lambda *_: shown.append((window.source_label.text(), window.source_label.styleSheet())))
+    window.capture.status.connect(
+        lambda *_: shown.append((window.source_label.text(), window.source_label.styleSheet())))
     window.start()
     qtbot.waitUntil(lambda: any("running again" in text for text, _ in shown), timeout=3000)
     lost = [style for text, style in shown if "retrying" in text]

@@ -89,7 +89,8 @@ def test_blip_cam_exits_2_with_the_hint_before_qt(broken_plugin, debian, monkeyp
     monkeypatch.setattr(qt_preflight, "plugin_path", lambda platform: broken_plugin)
     assert app_main.main(["--source", "scenes"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("blip-cam: error: Qt cannot load its xcb platform plugin") and MISSING in err[0]
+    assert (len(err) == 1 and err[0].startswith("blip-cam: error: Qt cannot load its xcb platform plugin")
+            and MISSING in err[0])
 
 
 def test_no_display_exits_2_in_a_fresh_process(tmp_path):
@@ -132,7 +133,8 @@ def test_drift_measurement_gives_back_what_it_lost():
 
 def test_without_qt_installed_blip_cam_names_the_extra(tmp_path):
     """The library installs without Qt; `blip-cam` then says which extra to install."""
-    code = "import sys; sys.modules['PySide6'] = None\nfrom app.main import main\nsys.exit(main(['--source', 'scenes']))"
+    code = ("import sys; sys.modules['PySide6'] = None\nfrom app.main import main\n"
+            "sys.exit(main(['--source', 'scenes']))")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                          cwd=str(app_main.__file__).rsplit("/app/", 1)[0])

@@ -11,7 +11,8 @@ from tests.helpers import save_hf, seeded_hf_model
 def hf_dirs(tmp_path_factory):
     """Tiny seeded transformers BLIP models saved with save_pretrained, one per task."""
     root = tmp_path_factory.mktemp("hf")
-    return {task: save_hf(seeded_hf_model(task, seed=i), root / task) for i, task in enumerate(("caption", "vqa", "match"))}
+    return {task: save_hf(seeded_hf_model(task, seed=i), root / task)
+            for i, task in enumerate(("caption", "vqa", "match"))}
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ def cache(tmp_path, monkeypatch):
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eng")
     kw = dict(width=64, heads=2, text_width=64)
-    return {t: save_hf(seeded_hf_model(t, seed=10 + i, **kw), root / t) for i, t in enumerate(("caption", "vqa", "match"))}
+    return {t: save_hf(seeded_hf_model(t, seed=10 + i, **kw), root / t)
+            for i, t in enumerate(("caption", "vqa", "match"))}
 
 
 def _image(seed=0):
@@ -55,8 +56,10 @@ def test_exported_graphs_equal_pytorch(dirs, tmp_path):
                 assert graphs.caption(fg, num_beams=beams, max_new_tokens=10).token_ids == \
                     ref.caption(fr, num_beams=beams, max_new_tokens=10).token_ids
         if task == "vqa":
-            assert graphs.answer(fg, "what is it?", num_beams=3).token_ids == ref.answer(fr, "what is it?", num_beams=3).token_ids
-            a, b = graphs.answer(fg, "what is it?", answers=["red", "two dogs"]), ref.answer(fr, "what is it?", answers=["red", "two dogs"])
+            assert graphs.answer(fg, "what is it?", num_beams=3).token_ids == \
+                ref.answer(fr, "what is it?", num_beams=3).token_ids
+            a, b = (graphs.answer(fg, "what is it?", answers=["red", "two dogs"]),
+                    ref.answer(fr, "what is it?", answers=["red", "two dogs"]))
             assert [x for x, _ in a.ranked] == [x for x, _ in b.ranked]
             assert [s for _, s in a.ranked] == pytest.approx([s for _, s in b.ranked], abs=1e-3)
         if task == "match":
@@ -107,7 +110,8 @@ def test_a_conversion_removes_the_entries_it_supersedes(dirs, cache):
     (root / "not-ours").mkdir()
     blip_core.load(dirs["caption"], precision="int8", warmup=False)
     new = int8_cache.fingerprint(open_checkpoint(dirs["caption"]))
-    assert sorted(p.name for p in root.iterdir()) == sorted([".convert-123", "not-ours", "other-tasks", "other-model", new])
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [".convert-123", "not-ours", "other-tasks", "other-model", new])
     assert json.loads((root / new / "config.json").read_text())["source"] == src
     blip_core.load(dirs["caption"], precision="int8", warmup=False)  # a cached load prunes nothing
     assert (root / new).is_dir()
@@ -159,7 +163,8 @@ def test_unwritable_cache_is_a_clear_error(dirs, tmp_path, monkeypatch):
     ro.mkdir()
     os.chmod(ro, 0o500)
     monkeypatch.setenv("BLIPCAM_CACHE", str(ro / "cache"))
-    monkeypatch.setattr(engine, "convert", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(engine, "convert",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(blip_core.StorageError, match="No space left|BLIPCAM_CACHE"):
         blip_core.load(dirs["caption"], precision="int8")
 
@@ -235,7 +240,8 @@ def test_block_quantised_word_table_looks_up_rows_within_half_a_step():
     ids = np.array([[0, 7, 49], [3, 3, 20]], np.int64)
     opts = ort.SessionOptions()
     opts.use_per_session_threads = not runtime._global_pool_threads  # this process's int8 loads may have made one
-    got = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    got = ort.InferenceSession(model.SerializeToString(), opts,
+                               providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     want = table[ids]
     step = np.abs(want.reshape(2, 3, 2, 32)).max(-1, keepdims=True) / 127
     assert got.shape == want.shape
@@ -459,7 +465,8 @@ print("cli", cli.main(["caption", {str(image)!r}, "--model", {str(dirs["caption"
 """))
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("int8 | converting ") and "to int8 (once) needs torch, which is not installed" in lines[0]
+    assert (lines[0].startswith("int8 | converting ")
+            and "to int8 (once) needs torch, which is not installed" in lines[0])
     assert lines[1].startswith("fp32 | precision='fp32' needs torch") and "blip convert" in lines[1]
     assert lines[2] == "cli 2" and done.stderr.count("blip: error:") == 1 and "needs torch" in done.stderr
 

@@ -33,7 +33,8 @@ def _ours_generate(ours, tok, embeds, prompt_ids, **kw):
 def _hf_generate(hf, pixels, prompt_ids, **kw):
     """transformers' BlipForConditionalGeneration.generate, fed the prompt as its processor would
     ([CLS] prompt [SEP]: it swaps in [DEC] and drops [SEP] itself); returns new tokens up to [SEP]."""
-    ids = torch.cat([torch.full((pixels.shape[0], 1), 101), prompt_ids[:, 1:], torch.full((pixels.shape[0], 1), 102)], 1)
+    ids = torch.cat([torch.full((pixels.shape[0], 1), 101), prompt_ids[:, 1:],
+                     torch.full((pixels.shape[0], 1), 102)], 1)
     out = hf.generate(pixel_values=pixels, input_ids=ids, do_sample=False, **kw)
     rows = []
     for row in out[:, prompt_ids.shape[1]:].tolist():
@@ -236,7 +237,8 @@ def test_full_blip_base_size(tmp_path):
         vision = ours.encode_image(pixels)
         torch.testing.assert_close(vision, hf.vision_model(pixels).last_hidden_state, atol=ATOL, rtol=0)
         torch.testing.assert_close(ours.caption_logits(vision, ids, mask),
-                                   hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits, atol=ATOL, rtol=0)
+                                   hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits,
+                                   atol=ATOL, rtol=0)
         for beams in (1, 3):
             assert _ours_generate(ours, tok, vision, prompt_ids, num_beams=beams, max_new_tokens=15) == \
                 _hf_generate(hf, pixels, prompt_ids, num_beams=beams, max_new_tokens=15)

@@ -38,8 +38,10 @@ from blip_core.scenes import (
 # An independent reading of the texts
 # ------------------------------------------------------------------------------------------
 
-PLURAL = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star", "crosses": "cross", "diamonds": "diamond"}
-NUMBERS = {"a": 1, "an": 1, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+PLURAL = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star", "crosses": "cross",
+          "diamonds": "diamond"}
+NUMBERS = {"a": 1, "an": 1, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+           "eight": 8, "nine": 9}
 NUMBER_OF = {v: k for k, v in NUMBERS.items() if k not in ("a", "an")}
 WHERE = {
     "at the top left": "top left", "at the top right": "top right", "at the bottom left": "bottom left",
@@ -72,7 +74,8 @@ def claims(text: str) -> list[tuple[int, str | None, str, str, str | None]]:
 def matching(scene: Scene, size: str | None, colour: str | None, shape: str | None) -> list[SceneObject]:
     return [
         o for o in scene.objects
-        if (size is None or o.size == size) and (colour is None or o.colour == colour) and (shape is None or o.shape == shape)
+        if (size is None or o.size == size) and (colour is None or o.colour == colour)
+        and (shape is None or o.shape == shape)
     ]  # fmt: skip
 
 
@@ -380,7 +383,8 @@ def test_attribute_distributions_are_not_degenerate():
     repeated = sum(any(n > 1 for n in Counter((o.colour, o.shape) for o in s.objects).values()) for s in tiny_scenes())
     assert 0.05 * 500 < repeated < 0.4 * 500
     # Distinct content (single-object scenes may repeat: there are only ~2000 of them).
-    assert len({(s.background, tuple((o.shape, o.colour, o.size, o.position) for o in s.objects)) for s in tiny_scenes()}) > 480
+    assert len({(s.background, tuple((o.shape, o.colour, o.size, o.position) for o in s.objects))
+                for s in tiny_scenes()}) > 480
 
 
 # ------------------------------------------------------------------------------------------

@@ -88,8 +88,8 @@ def test_threshold_zero_keeps_every_text_and_dataset_trains(capfilt_run, corpus,
     assert report["web_kept"] == report["web_texts"] and report["synthetic_kept"] == report["synthetic_texts"]
     from training import pretrain
 
-    r = pretrain.run(tiny(C.PretrainConfig, tmp_path / "pre", data="json", train_json=str(tmp_path / "all" / "bootstrap.json"),
-                          image_root=str(corpus), max_steps=2))
+    r = pretrain.run(tiny(C.PretrainConfig, tmp_path / "pre", data="json",
+                          train_json=str(tmp_path / "all" / "bootstrap.json"), image_root=str(corpus), max_steps=2))
     assert len(r.history) == 2
 
 
@@ -182,7 +182,8 @@ def test_two_ranks_split_the_work(capfilt_run, corpus, tmp_path):
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "training.capfilt", *args], capture_output=True, text=True, cwd=root, env=env, timeout=240)
+                        "-m", "training.capfilt", *args],
+                       capture_output=True, text=True, cwd=root, env=env, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "two" / "parts").iterdir()) == ["chunk-000000.json", "chunk-000001.json"]
     for name in ("candidates.json", "bootstrap.json"):

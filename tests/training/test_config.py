@@ -59,14 +59,16 @@ def test_command_specific_keys():
     for cls in (PretrainConfig, FinetuneConfig, EvalConfig):  # the keys every command takes
         cfg = parse(cls, None, ["train_json=t.json", "val_json=v.json", "image_root=/img", "init=ck",
                                 "output_dir=out"])
-        assert (cfg.train_json, cfg.val_json, cfg.image_root, cfg.init, cfg.output_dir) == ("t.json", "v.json", "/img", "ck", "out")
+        assert (cfg.train_json, cfg.val_json, cfg.image_root, cfg.init, cfg.output_dir) == (
+            "t.json", "v.json", "/img", "ck", "out")
 
 
 def test_pretrain_base_matches_the_paper():
     cfg = parse(PretrainConfig, str(CONFIGS / "pretrain_base.yaml"))
     assert (cfg.model, cfg.image_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.lr_decay, cfg.epochs,
             cfg.batch_size, cfg.queue_size) == ("base", 224, 3e-4, 0.05, 3000, 0.9, 20, 75, 57600)
-    assert (cfg.momentum, cfg.alpha, cfg.alpha_ramp_epochs, cfg.temp, cfg.schedule, cfg.vocab) == (0.995, 0.4, 2, 0.07, "step", "bert")
+    assert (cfg.momentum, cfg.alpha, cfg.alpha_ramp_epochs, cfg.temp, cfg.schedule,
+            cfg.vocab) == (0.995, 0.4, 2, 0.07, "step", "bert")
     assert cfg.crop_min_scale == 0.2 and cfg.max_tokens == 30 and cfg.max_words == 30
     bc = preset(cfg.model, ("caption", "match"))  # ViT-B/16 + BERT-base
     assert (bc.vision.width, bc.vision.layers, bc.text.width, bc.text.vocab_size) == (768, 12, 768, 30524)

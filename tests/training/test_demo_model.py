@@ -45,7 +45,8 @@ def test_captions_and_answers_see_colours_and_backgrounds(demo):
         text = demo.caption(f, prompt="a picture of ", max_new_tokens=30).text
         colours = {w for w in text.split() if w in scenes.COLOURS}
         backgrounds = re.findall(r"(\w+) background", text)
-        right_colours += colours == {o.colour for o in scene.objects} and all(b == scene.background for b in backgrounds)
+        right_colours += (colours == {o.colour for o in scene.objects}
+                          and all(b == scene.background for b in backgrounds))
         for q, a in scene.qa:
             if q.startswith("what colour"):
                 right_answers += demo.answer(f, q).text == a

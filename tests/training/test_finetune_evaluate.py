@@ -23,7 +23,8 @@ from training.run_state import init_model
 EXPECTED = {  # task -> (losses logged, checkpoint tasks, eval metrics)
     "caption": ({"loss_lm"}, {"caption"}, {"caption": {"bleu4", "cider"}}),
     "vqa": ({"loss_vqa"}, {"vqa"}, {"vqa": {"accuracy_generate", "accuracy_rank"}}),
-    "retrieval": ({"loss_itc", "loss_itm"}, {"match"}, {"retrieval": {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"}}),
+    "retrieval": ({"loss_itc", "loss_itm"}, {"match"},
+                  {"retrieval": {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"}}),
 }
 
 

@@ -36,16 +36,20 @@ def _batches(n=8):
 def test_encoder_and_decoder_share_all_but_self_attention(tok):
     m = _model(tok, ("caption", "match"), tied=True)
     enc, dec = m.text_encoder, m.text_decoder
-    assert dec.embed.tokens.weight is enc.embed.tokens.weight and dec.embed.positions.weight is enc.embed.positions.weight
+    assert (dec.embed.tokens.weight is enc.embed.tokens.weight
+            and dec.embed.positions.weight is enc.embed.positions.weight)
     for e, d in zip(enc.layers, dec.layers):
-        assert d.mlp.fc1.weight is e.mlp.fc1.weight and d.mlp.fc2.bias is e.mlp.fc2.bias and d.mlp.norm.weight is e.mlp.norm.weight
-        assert d.cross_attn.key.weight is e.cross_attn.key.weight and d.cross_attn.proj.weight is e.cross_attn.proj.weight
+        assert (d.mlp.fc1.weight is e.mlp.fc1.weight and d.mlp.fc2.bias is e.mlp.fc2.bias
+                and d.mlp.norm.weight is e.mlp.norm.weight)
+        assert (d.cross_attn.key.weight is e.cross_attn.key.weight
+                and d.cross_attn.proj.weight is e.cross_attn.proj.weight)
         assert d.self_attn.query.weight is not e.self_attn.query.weight
         assert d.self_attn.norm.weight is not e.self_attn.norm.weight
     assert dec.lm_head is not None and enc.lm_head is None  # the LM head is the decoder's own
     # each shared parameter is counted once: the tied model has exactly the decoder's copies fewer
     untied = _model(tok, ("caption", "match"))
-    copies = [untied.text_decoder.embed] + [m for layer in untied.text_decoder.layers for m in (layer.cross_attn, layer.mlp)]
+    copies = [untied.text_decoder.embed] + [
+        m for layer in untied.text_decoder.layers for m in (layer.cross_attn, layer.mlp)]
     n_copies = sum(p.numel() for module in copies for p in module.parameters())
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in untied.parameters()) - n_copies
 
@@ -98,7 +102,8 @@ def test_queue_gets_the_momentum_features_of_the_batch(tok):
 def test_grad_checkpointing_gives_the_same_loss_and_gradients(tok):
     results = []
     for on in (False, True):
-        obj = Objective(_model(tok, ("caption", "match"), tied=True), tok, ("itc_itm", "lm"), max_tokens=30, queue_size=20)
+        obj = Objective(_model(tok, ("caption", "match"), tied=True), tok, ("itc_itm", "lm"),
+                        max_tokens=30, queue_size=20)
         for module in obj.model.modules():
             if hasattr(module, "grad_checkpointing"):
                 module.grad_checkpointing = on
@@ -112,7 +117,8 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(tok):
 
 
 def test_bf16_autocast_step_is_finite(tok):
-    obj = Objective(_model(tok, ("caption", "vqa", "match")), tok, ("itc_itm", "lm", "vqa"), max_tokens=30, queue_size=20)
+    obj = Objective(_model(tok, ("caption", "vqa", "match")), tok, ("itc_itm", "lm", "vqa"),
+                    max_tokens=30, queue_size=20)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = obj(obj.prepare(_batches(), torch.device("cpu")), alpha=0.4)
     total = sum(losses.values())

@@ -90,7 +90,8 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     # 32 scenes / batch 8 = 4 steps per epoch: the resumed part crosses an epoch boundary
     common = dict(max_steps=6, save_every=3, keep_checkpoints=5, alpha_ramp_epochs=1)
     pretrain.run(tiny(C.PretrainConfig, tmp_path / "a", **common))
-    pretrain.run(tiny(C.PretrainConfig, tmp_path / "b", resume=str(tmp_path / "a" / "checkpoints" / "step-0000003"), **common))
+    pretrain.run(tiny(C.PretrainConfig, tmp_path / "b",
+                      resume=str(tmp_path / "a" / "checkpoints" / "step-0000003"), **common))
     a, b = records(tmp_path / "a"), records(tmp_path / "b")
     assert [r["step"] for r in b] == [4, 5, 6]
     keys = ("loss", "loss_itc", "loss_itm", "loss_lm", "lr", "alpha", "temp")
@@ -98,7 +99,8 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     wa = load_file(str(tmp_path / "a" / "checkpoints" / "step-0000006" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "checkpoints" / "step-0000006" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa, sb = load_state(tmp_path / "a" / "checkpoints" / "step-0000006"), load_state(tmp_path / "b" / "checkpoints" / "step-0000006")
+    sa, sb = (load_state(tmp_path / "a" / "checkpoints" / "step-0000006"),
+              load_state(tmp_path / "b" / "checkpoints" / "step-0000006"))
     assert all(torch.equal(sa["objective"][k], sb["objective"][k]) for k in sa["objective"])
     assert find_checkpoint(str(tmp_path / "b")).name == "step-0000006"  # resume=output_dir takes the newest
 
@@ -181,7 +183,8 @@ def test_cli_pretrain_runs_and_reports_bad_keys(tmp_path):
     assert [r["step"] for r in records(tmp_path)] == [1, 2]
     p = subprocess.run([sys.executable, "-m", "training.pretrain", "queue_sise=3"], capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=180)
-    assert p.returncode == 2 and p.stderr.strip() == "error: unknown config key 'queue_sise'; did you mean 'queue_size'?"
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "error: unknown config key 'queue_sise'; did you mean 'queue_size'?")
 
 
 def test_pretrain_on_webdataset_shards(tmp_path):
@@ -190,8 +193,8 @@ def test_pretrain_on_webdataset_shards(tmp_path):
     write_scene_shards(tmp_path / "shards", count=40, shards=2, size=16, noise=0.3)
     (tmp_path / "shards" / "000002.tar").write_bytes(b"this is not a tar file" * 50)  # broken shard
     # 16 samples per epoch / batch 8 = 2 steps: 5 steps read the stream over three epochs
-    cfg = tiny(C.PretrainConfig, tmp_path / "out", data="wds", train_shards=str(tmp_path / "shards" / "{000000..000002}.tar"),
-               samples_per_epoch=16, max_steps=5)
+    cfg = tiny(C.PretrainConfig, tmp_path / "out", data="wds",
+               train_shards=str(tmp_path / "shards" / "{000000..000002}.tar"), samples_per_epoch=16, max_steps=5)
     pretrain.run(cfg)
     recs = records(tmp_path / "out")
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5] and [r["epoch"] for r in recs] == [0, 0, 1, 1, 2]
@@ -203,4 +206,5 @@ def test_data_workers_do_not_change_the_run(tmp_path):
     for workers in (0, 2):
         pretrain.run(tiny(C.PretrainConfig, tmp_path / f"w{workers}", max_steps=2, workers=workers))
     keys = ("loss_itc", "loss_itm", "loss_lm")
-    assert [[r[k] for k in keys] for r in records(tmp_path / "w0")] == [[r[k] for k in keys] for r in records(tmp_path / "w2")]
+    assert ([[r[k] for k in keys] for r in records(tmp_path / "w0")]
+            == [[r[k] for k in keys] for r in records(tmp_path / "w2")])

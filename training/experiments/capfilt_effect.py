@@ -307,7 +307,8 @@ def add_elapsed(work: Path, seconds: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m training.experiments.capfilt_effect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.experiments.capfilt_effect",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--out", default="runs/capfilt_effect", help="work folder (resumable)")
     p.add_argument("--docs", default=str(REPO / "docs"), help="where capfilt.md and capfilt_results.json go")

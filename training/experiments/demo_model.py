@@ -175,7 +175,8 @@ def export(run: Path, assets: Path, result: dict, variant: str, seconds: float, 
 def summary(result: dict) -> dict:
     c, v, r = result["caption"], result["vqa"], result["retrieval"]
     return {"caption_cider": round(c["cider"], 3), "caption_bleu4": round(c["bleu4"], 3),
-            "vqa_accuracy_generate": round(v["accuracy_generate"], 4), "vqa_accuracy_rank": round(v["accuracy_rank"], 4),
+            "vqa_accuracy_generate": round(v["accuracy_generate"], 4),
+            "vqa_accuracy_rank": round(v["accuracy_rank"], 4),
             "tr_r1": round(r["txt_r1"], 1), "ir_r1": round(r["img_r1"], 1), "test_scenes": TEST_SCENES,
             "vqa_questions": v.get("n_questions")}
 
@@ -190,12 +191,15 @@ def kinds_note(by_kind: dict[str, float]) -> str:
 def _stage_text(st: Stage) -> str:
     """``"position, 2-3 objects: 1600 steps"``."""
     objects = f"{st.min_objects}-{st.objects}" if st.min_objects > 1 else str(st.objects)
-    return f"{st.kinds.replace(',', ' and ') or 'all kinds'}, {objects} object{'s' if st.objects > 1 else ''}: {st.steps} steps"
+    return (f"{st.kinds.replace(',', ' and ') or 'all kinds'}, "
+            f"{objects} object{'s' if st.objects > 1 else ''}: {st.steps} steps")
 
 
 def card(model, result: dict, variant: str, seconds: float, final_steps: int) -> str:
     n = sum(p.numel() for p in model.parameters())
     s = summary(result)
+    row = (f"| {s['caption_cider']:.3f} | {s['caption_bleu4']:.3f} | {s['vqa_accuracy_generate']:.3f} "
+           f"| {s['vqa_accuracy_rank']:.3f} | {s['tr_r1']:.1f} | {s['ir_r1']:.1f} |")
     return f"""# blip-scenes-demo
 
 A {n / 1e6:.1f}M-parameter BLIP (our `mini` preset: ViT 4 x 128 at 64 px with 8 px patches, text
@@ -237,7 +241,7 @@ benchmarks run offline; for real images use the Salesforce checkpoints.
 
 | caption CIDEr (greedy) | BLEU-4 | VQA accuracy (generated) | VQA accuracy (ranked) | TR@1 | IR@1 |
 |---|---|---|---|---|---|
-| {s['caption_cider']:.3f} | {s['caption_bleu4']:.3f} | {s['vqa_accuracy_generate']:.3f} | {s['vqa_accuracy_rank']:.3f} | {s['tr_r1']:.1f} | {s['ir_r1']:.1f} |
+{row}
 
 VQA accuracy by question family (generated answers, exact match):
 {" · ".join(f"{k} {v:.2f}" for k, v in result.get("by_kind", {}).items())}.
