@@ -4,7 +4,8 @@ image-text retrieval (recall@1/5/10 both ways, ITC then top-k ITM re-ranking). J
     python -m training.evaluate --config FILE init=CKPT [tasks=caption,vqa,retrieval] [key=value ...]
 
 Writes ``output_dir/eval.json`` and prints it. Generation is batched over images
-(``blip_core.generation.generate`` with a ``DecoderSession`` per batch). Runs on rank 0 only.
+(``blip_core.generation.generate`` with a ``DecoderSession`` per batch). Runs on rank 0 only, with a
+tqdm bar per task on stderr (``progress=false`` turns them off).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from blip_core import ranking
 from blip_core.checkpoints import load_model
@@ -59,6 +61,20 @@ def _loader(ds, batch_size: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, collate_fn=eval_collate)
 
 
+def _bar(cfg, total: int, desc: str, unit: str) -> tqdm:
+    """A bar on stderr with its total known up front; evaluation only runs on rank 0 (``run`` and
+    finetune's epoch-end evaluation), so ``cfg.progress`` alone decides."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not cfg.progress, dynamic_ncols=True)
+
+
+def _batches(ds, cfg, desc: str, unit: str):
+    """``_loader`` batches, advancing a bar by each batch's items (unreadable ones included)."""
+    with _bar(cfg, len(ds), desc, unit) as bar:
+        for batch in _loader(ds, cfg.eval_batch_size):
+            yield batch
+            bar.update(len(batch["index"]) + len(batch["bad"]))
+
+
 # ------------------------------------------------------------------------ captions
 @torch.no_grad()
 def caption_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: CaptionEval, cfg) -> dict:
@@ -67,7 +83,7 @@ def caption_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: CaptionEval,
                                  min_new_tokens=cfg.min_new_tokens)
     prompt_ids = tokenizer.prompt_ids(cfg.prompt)
     predictions, bad = {}, []
-    for batch in _loader(ev.images, cfg.eval_batch_size):
+    for batch in _batches(ev.images, cfg, "caption", "img"):
         bad += batch["bad"]
         if batch["pixels"] is None:
             continue
@@ -115,7 +131,7 @@ def vqa_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: VqaEval, answer_
     modes = ("generate", "rank") if cfg.vqa_mode == "both" else (cfg.vqa_mode,)
     preds: dict[str, dict[int, str]] = {m: {} for m in modes}
     bad = []
-    for batch in _loader(ev.items, cfg.eval_batch_size):
+    for batch in _batches(ev.items, cfg, "vqa", "question"):
         bad += batch["bad"]
         if batch["pixels"] is None:
             continue
@@ -145,10 +161,10 @@ def _accuracy_by_kind(preds: dict[int, str], ev: VqaEval) -> dict[str, float]:
 
 # ----------------------------------------------------------------------- retrieval
 @torch.no_grad()
-def _embed_all(model, ev: CaptionEval, batch_size: int):
+def _embed_all(model, ev: CaptionEval, cfg):
     """-> image embeds [n, N, Dv], image feats [n, E], kept image indices, texts' image index."""
     embeds, feats, kept = [], [], []
-    for batch in _loader(ev.images, batch_size):
+    for batch in _batches(ev.images, cfg, "retrieval: images", "img"):
         if batch["pixels"] is not None:
             e = model.encode_image(batch["pixels"])
             embeds.append(e)
@@ -163,7 +179,7 @@ def _embed_all(model, ev: CaptionEval, batch_size: int):
 def retrieval_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: CaptionEval, cfg) -> dict:
     """ITC similarities for all pairs, then BLIP's re-ranking: each image's top-k texts (and each
     text's top-k images) get ``itm_logit[match] + cosine``, all other pairs -100."""
-    embeds, img_feat, kept = _embed_all(model, ev, cfg.eval_batch_size)
+    embeds, img_feat, kept = _embed_all(model, ev, cfg)
     texts, txt2img, img2txt = [], [], []
     for row, i in enumerate(kept):  # texts of unreadable images are left out with them
         img2txt.append(list(range(len(texts), len(texts) + len(ev.refs[i]))))
@@ -177,7 +193,7 @@ def retrieval_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: CaptionEva
     k = min(cfg.k_test, len(texts), len(kept))
     chunk = max(1, cfg.eval_batch_size // k)
 
-    def rerank(scores_src: torch.Tensor, image_of, text_of) -> torch.Tensor:
+    def rerank(scores_src: torch.Tensor, image_of, text_of, bar: tqdm) -> torch.Tensor:
         """scores_src [Q, C]: queries x candidates; image_of/text_of map (query, candidate) -> index."""
         out = torch.full_like(scores_src, -100.0)
         top_sim, top = scores_src.topk(k, dim=1)
@@ -187,10 +203,13 @@ def retrieval_metrics(model: BlipModel, tokenizer: BlipTokenizer, ev: CaptionEva
             img, txt = image_of(q, c), text_of(q, c)
             itm = model.itm_logits(embeds[img], enc_ids[txt], mask[txt])[:, 1]
             out[q, c] = itm + top_sim[s:s + chunk].flatten()
+            bar.update(min(chunk, scores_src.shape[0] - s))
         return out
 
-    i2t = rerank(sim, lambda q, c: q, lambda q, c: c)
-    t2i = rerank(sim.T, lambda q, c: c, lambda q, c: q)
+    # one bar for both directions: every image, then every text, is a query re-ranked by ITM
+    with _bar(cfg, len(kept) + len(texts), "retrieval: re-rank", "query") as bar:
+        i2t = rerank(sim, lambda q, c: q, lambda q, c: c, bar)
+        t2i = rerank(sim.T, lambda q, c: c, lambda q, c: q, bar)
     itm_txt = recall_at_k(i2t, img2txt, txt2img)  # image -> text keys (txt_r*)
     itm_img = recall_at_k(t2i.T, img2txt, txt2img)  # text -> image keys (img_r*)
     result = {k_: v for k_, v in itm_txt.items() if k_.startswith("txt_")}

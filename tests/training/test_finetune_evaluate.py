@@ -153,3 +153,23 @@ def test_evaluate_needs_a_checkpoint_and_data(tmp_path, pretrained):
         evaluate.run(C.parse(C.EvalConfig, None, []))
     with pytest.raises(Exception, match="no evaluation data"):
         evaluate.run(C.parse(C.EvalConfig, None, [f"init={pretrained}", "data=json"]))
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_evaluate_shows_a_bar_per_task_reaching_its_total(multitask, tmp_path, capsys, progress):
+    ck = multitask / "checkpoints" / "step-0000002"
+    cfg = C.parse(C.EvalConfig, None, [f"init={ck}", "data=scenes", "val_count=3", "image_size=16", "k_test=2",
+                                       "eval_batch_size=2", f"output_dir={tmp_path}", f"progress={progress}"])
+    result = evaluate.run(cfg)
+    out, err = capsys.readouterr()
+    assert out == ""  # bars go to stderr: stdout stays the JSON's
+    if not progress:
+        assert err == ""
+        return
+    n_questions, n_texts = result["vqa"]["n_questions"], result["retrieval"]["n_texts"]
+    lines = err.replace("\r", "\n").splitlines()  # tqdm redraws a line with \r
+    for desc, total, unit in [("caption", 3, "img"), ("vqa", n_questions, "question"),
+                              ("retrieval: images", 3, "img"), ("retrieval: re-rank", 3 + n_texts, "query")]:
+        rate = (f"{unit}/s", f"s/{unit}")  # items per second, or seconds per item when slow
+        assert any(line.startswith(f"{desc}: 100%") and f" {total}/{total} " in line and any(r in line for r in rate)
+                   for line in lines), (desc, err)
