@@ -8,6 +8,7 @@ before a model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -61,12 +62,53 @@ def _decoding(**options) -> dict:
     return options
 
 
+class _StepBar:
+    """A ``progress(fraction, step)`` callback drawn as a tqdm bar on stderr (stdout stays the
+    results', e.g. ``--json`` lines), opened by the first step whose name starts with ``prefix``:
+    the other reports of a load (a quick cached load, downloads with bars of their own) draw nothing."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix, self.bar = prefix, None
+
+    def __call__(self, fraction: float, step: str) -> None:
+        if self.bar is None and not step.startswith(self.prefix):
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        from blip_core.tokenizer import escaped
+
+        self.bar.set_description_str(escaped(step), refresh=False)  # a step may name a file: printable UTF-8
+        self.bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+        self.bar.refresh()  # once per step, however short (a conversion has a dozen or so)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _conversion_bar(precision: str) -> _StepBar | None:
+    """The bar of an int8 conversion on first use (None for fp32: nothing to convert)."""
+    if precision != "int8":
+        return None
+    from blip_core.int8.cache import CONVERTING
+
+    return _StepBar(CONVERTING)
+
+
 def _load(args, task: str):
     from blip_core import demo_model_path, load
 
     source = DEFAULT_MODELS[task] if args.model is None else args.model
     try:
-        return load(source, precision=args.precision, threads=args.threads, task=None if args.model else task)
+        with _conversion_bar(args.precision) or contextlib.nullcontext() as bar:
+            return load(source, precision=args.precision, threads=args.threads, task=None if args.model else task,
+                        progress=bar)
     except BlipError as e:
         hint = ""
         if args.model is None and demo_model_path().exists():
@@ -156,7 +198,8 @@ def cmd_convert(args) -> int:
     from blip_core.int8.convert import export_int8
 
     ck = open_checkpoint(_local(args.model))
-    out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None)
+    with _StepBar() as bar:
+        out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None, progress=bar)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.0f} MB; tasks {'+'.join(ck.cfg.tasks)}): load it with precision='int8' "
           "(blip --precision int8 --model, blip-cam --model), on any machine with this blipcam release")

@@ -224,5 +224,16 @@ def _convert(ck, folder: Path, progress) -> None:
     import_torch(f"converting {ck.report.source} to int8 (once)")
     from blip_core.int8.convert import convert
 
-    convert(ck, folder, progress=progress)
+    convert(ck, folder, progress=converting(progress))
     _prune_superseded(folder)
+
+
+CONVERTING = "converting to int8 (once)"  # how the steps of a conversion on first use are announced
+
+
+def converting(progress):
+    """``progress`` with each conversion step named as part of a first use's conversion (a load
+    that was expected to be quick), e.g. "converting to int8 (once): quantise vision"."""
+    if progress is None:
+        return None
+    return lambda fraction, step: progress(fraction, f"{CONVERTING}: {step}")

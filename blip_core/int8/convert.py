@@ -201,13 +201,16 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
     # (int8.cache's stale-conversion cleanup); a replaced entry waits aside under the same name + ".old"
     with atomic_folder(folder, prefix=f".convert-{folder.name}-{os.getpid()}-") as tmp:
         parts = model_parts(ck.cfg)
-        for n, part in enumerate(parts):
-            if progress:
-                progress(n / len(parts), f"converting to int8 (once): {part}")
+        step = _stepper(progress, conversion_steps(parts, quantized))
+        for part in parts:
+            step(f"read {part} weights")
             _fill(model, ck, rename, part)
+            step(f"export {part}")
             paths = export_part(model, part, tmp)
             getattr(model, part).to("meta")  # free this part's fp32 weights before quantising
             release_free_memory()
+            if quantized:
+                step(f"quantise {part}")
             for path in paths:
                 target = tmp / path.name.replace(".onnx", ".int8.onnx")
                 if quantized:
@@ -221,6 +224,7 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
                     release_free_memory()
                 else:
                     path.rename(target)
+        step("write heads and config")
         if vocab:
             shutil.copyfile(ck.vocab, tmp / "vocab.txt")
         heads = {k: ck.tensors.get(rename[k]).float().numpy() for k in wanted if k.startswith(HEADS)}
@@ -228,6 +232,27 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
         source = str(Path(ck.report.source).resolve())  # lets a later conversion of it replace this one
         (tmp / "config.json").write_text(json.dumps({"blipcam": ck.cfg.to_dict(), "engine": ENGINE_VERSION,
                                                      "source": source, "tensors": len(wanted)}))
+    step("done")
+
+
+def conversion_steps(parts: list[str], quantized: bool = True) -> list[str]:
+    """What ``convert`` reports, in order: per part, reading its fp32 weights, exporting its
+    graphs and quantising them (the longest step of a big part), then the heads and config."""
+    stages = ("read {} weights", "export {}", "quantise {}") if quantized else ("read {} weights", "export {}")
+    return [stage.format(part) for part in parts for stage in stages] + ["write heads and config", "done"]
+
+
+def _stepper(progress, steps: list[str]):
+    """-> ``step(name)``: reports ``progress(fraction of the steps done, name)`` as step ``name``
+    starts, the n-th call of ``len(steps)`` (the last, ``"done"``: 1.0)."""
+    done = iter(range(len(steps)))
+
+    def step(name: str) -> None:
+        n = next(done)
+        if progress:
+            progress(n / (len(steps) - 1), name)
+
+    return step
 
 
 def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:

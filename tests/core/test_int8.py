@@ -3,6 +3,7 @@ part-by-part, cached, and fails cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -410,7 +411,12 @@ def test_blip_convert_writes_a_folder_that_runs_without_torch(dirs, cache, tmp_p
 
     out = tmp_path / "vqa-int8"
     assert cli.main(["convert", str(dirs["vqa"]), str(out), "--task", "vqa"]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [next(line for line in printed.out.splitlines() if line.startswith("wrote"))]
+    assert f"wrote {out}" in printed.out
+    bar = printed.err.replace("\r", "\n").splitlines()  # the bar on stderr, redrawn with \r, ends at 100%
+    assert any(line.startswith("quantise answer_decoder: ") for line in bar)
+    assert bar[-1].startswith("done: 100%|")
     assert {"config.json", "vocab.txt", "heads.npz", "vision.int8.onnx", "answer_decoder.step.int8.onnx"} <= \
         {p.name for p in out.iterdir()}
     moved = shutil.copytree(out, tmp_path / "elsewhere" / "model")  # converted graphs are portable
@@ -553,3 +559,37 @@ def test_graph_signature_changes_only_with_the_engine_version(dirs, tmp_path):
         pytest.fail(f"the int8 graphs changed ({', '.join(changed)}){exporter}: bump "
                     f"blip_core.int8.spec.ENGINE_VERSION and regenerate {SIGNATURE_NAME} (how: {REGENERATE})")
     assert recorded == current, f"ENGINE_VERSION is {ENGINE_VERSION}: regenerate {SIGNATURE_NAME} ({REGENERATE})"
+
+
+def test_a_conversion_reports_its_steps_in_order(dirs, cache):
+    """First use: each step of the conversion named, fractions rising to 1.0; a cached load: none."""
+    seen = []
+    blip_core.load(dirs["vqa"], precision="int8", progress=lambda f, m: seen.append((f, m)))
+    steps = [(f, m.removeprefix(int8_cache.CONVERTING + ": ")) for f, m in seen if m.startswith(int8_cache.CONVERTING)]
+    parts = ["vision", "answer_decoder", "text_encoder"]
+    assert [m for _, m in steps] == engine.conversion_steps(parts) and "quantise answer_decoder" in dict(steps).values()
+    fractions = [f for f, _ in steps]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    seen.clear()
+    blip_core.load(dirs["vqa"], precision="int8", progress=lambda f, m: seen.append((f, m)))
+    assert seen and not any(m.startswith(int8_cache.CONVERTING) for _, m in seen)
+
+
+def test_blip_shows_a_bar_only_when_int8_converts_on_first_use(dirs, cache, tmp_path, capsys):
+    from PIL import Image
+
+    from blip_core import cli
+
+    image = tmp_path / "a.png"
+    Image.fromarray(_image()).save(image)
+    argv = ["caption", str(image), "--model", str(dirs["caption"]), "--precision", "int8", "--json",
+            "--max-new-tokens", "3", "--min-new-tokens", "1"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr()
+    assert "caption" in json.loads(first.out)  # stdout: only the JSON line
+    lines = first.err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("converting to int8 (once): export vision: ") for line in lines)
+    assert any(line.startswith("converting to int8 (once): done: 100%|") for line in lines)
+    assert cli.main(argv) == 0
+    second = capsys.readouterr()
+    assert second.err == "" and "caption" in json.loads(second.out)  # cached: nothing to show
