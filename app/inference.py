@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from app.model_choice import LoadedModels, Loader, ModelRequest, Progress, load_answerer, load_captioner
 from app.prompts import CaptionOptions
@@ -176,35 +176,49 @@ class InferenceEngine:
         return AnswerOutcome(frame.index, question, result, merge_timings(encode, result.timings),
                              reused_features=encode is None, model=model.name, tag=tag)
 
-    def rank_snapshots(self, query: str, records: list) -> list[tuple[Any, float, float]]:
+    def rank_snapshots(self, query: str, records: list,
+                       progress: Callable[[int, int], None] | None = None) -> list[tuple[Any, float, float]]:
         """(record, itm, itc) for the newest MAX_RANKED_SNAPSHOTS records, best match first.
 
         Snapshot files are untrusted: each is decoded by the library's checked loader, and one it
-        refuses (or one deleted since listing) is left out of the ranking.
+        refuses (or one deleted since listing) is left out of the ranking. ``progress(done, total)``
+        is called before the first snapshot and after each one (left out or not); an exception it
+        raises abandons the ranking (the worker's way of letting a newer search replace this one).
         """
-        from blip_core.errors import BadImageError, WrongTaskError
-        from blip_core.preprocess import load_image
-        from blip_core.results import ImageFeatures
+        from blip_core.errors import WrongTaskError
 
         model = self.models.matcher
         if model is None:
             raise WrongTaskError("no loaded model can match images to text")
 
         ranked = []
-        for record in records[:MAX_RANKED_SNAPSHOTS]:
-            path = record.path
-            try:
-                key = (str(path), path.stat().st_mtime_ns)
-                features = self.snapshots.get(model, key)
-                if features is None:
-                    features = model.encode_image(load_image(path))
-                    # keep only the ViT output: the ViT is the expensive part, while the
-                    # per-image caches match() fills would cost ~40 MB per snapshot
-                    features = ImageFeatures(features.embeds, features.model_key, features.timings)
-                    self.snapshots.put(model, key, features)
-            except (OSError, BadImageError):  # deleted since listing, or not an image we decode
-                continue
-            match = model.match(replace(features, cache={}), [query])[0]  # its caches die with the copy
-            ranked.append((record, float(match.itm), float(match.itc)))
+        asked = records[:MAX_RANKED_SNAPSHOTS]
+        report = progress or (lambda _done, _total: None)
+        report(0, len(asked))
+        for done, record in enumerate(asked, 1):
+            features = self._snapshot_features(model, record.path)
+            if features is not None:
+                match = model.match(replace(features, cache={}), [query])[0]  # its caches die with the copy
+                ranked.append((record, float(match.itm), float(match.itc)))
+            report(done, len(asked))
         ranked.sort(key=lambda r: (-r[1], -r[2]))
         return ranked
+
+    def _snapshot_features(self, model, path) -> Any | None:
+        """The ViT output of the snapshot at ``path`` (cached), or None when it is gone or refused."""
+        from blip_core.errors import BadImageError
+        from blip_core.preprocess import load_image
+        from blip_core.results import ImageFeatures
+
+        try:
+            key = (str(path), path.stat().st_mtime_ns)
+            features = self.snapshots.get(model, key)
+            if features is None:
+                features = model.encode_image(load_image(path))
+                # keep only the ViT output: the ViT is the expensive part, while the
+                # per-image caches match() fills would cost ~40 MB per snapshot
+                features = ImageFeatures(features.embeds, features.model_key, features.timings)
+                self.snapshots.put(model, key, features)
+        except (OSError, BadImageError):  # deleted since listing, or not an image we decode
+            return None
+        return features

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,13 @@ class LoadCancelled(Exception):
     (huggingface_hub resumes it next time) instead of making the window wait for it."""
 
 
+class RankSuperseded(Exception):
+    """Raised from the ranking's progress callback when a newer search (or the app closing) makes
+    this ranking pointless, to stop it at its next snapshot."""
+
+
 THUMBNAIL_BATCH = 16  # thumbnails per signal: the grid fills as they come, without a signal per image
+RANK_PROGRESS_INTERVAL = 0.1  # s between rank_progress signals: a live count without flooding the GUI
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,13 @@ class InferenceWorker(JobThread):
     answer_ready = Signal(object)  # engine.AnswerOutcome (with .error set when it failed)
     rank_ready = Signal(object)  # RankOutcome
     rank_failed = Signal(str)
+    rank_progress = Signal(int, int)  # snapshots ranked so far, of how many (throttled; the last always sent)
 
     def __init__(self, loader: Loader | None = None, parent=None):
         super().__init__("inference", parent)
         self._loader = loader
         self.engine = InferenceEngine(loader)  # loader resolved in the thread when None
+        self._latest_rank = 0  # written on the GUI thread only; the worker thread compares
 
     # --- submissions (GUI thread) -------------------------------------------------------------
 
@@ -89,7 +98,12 @@ class InferenceWorker(JobThread):
         self.submit(lambda: self._answer(frame, question, tag))
 
     def rank(self, query: str, records: list) -> None:
-        self.submit(lambda: self._rank(query, records))
+        """Rank ``records`` against ``query``. A newer ``rank`` supersedes this one: dropped if it
+        still waits, stopped at its next snapshot if it runs (no signal for it either way). Queued,
+        not ``submit_latest``: that slot is the captions', which would drop the ranking."""
+        self._latest_rank += 1
+        rank_id = self._latest_rank
+        self.submit(lambda: self._rank(rank_id, query, records))
 
     # --- jobs (worker thread) -----------------------------------------------------------------
 
@@ -140,9 +154,27 @@ class InferenceWorker(JobThread):
             outcome = AnswerOutcome(frame.index, question, None, Timings(), False, error=_message(e), tag=tag)
         self.answer_ready.emit(outcome)
 
-    def _rank(self, query: str, records: list) -> None:
+    def _rank_reporter(self, rank_id: int):
+        """-> ``progress(done, total)`` for ``rank_snapshots``: emits ``rank_progress`` at most every
+        RANK_PROGRESS_INTERVAL (the first and last always), raises RankSuperseded once replaced."""
+        last_emit = -RANK_PROGRESS_INTERVAL
+
+        def report(done: int, total: int) -> None:
+            nonlocal last_emit
+            if rank_id != self._latest_rank or self.stopping:
+                raise RankSuperseded
+            now = time.monotonic()
+            if done in (0, total) or now - last_emit >= RANK_PROGRESS_INTERVAL:
+                last_emit = now
+                self.rank_progress.emit(done, total)
+
+        return report
+
+    def _rank(self, rank_id: int, query: str, records: list) -> None:
         try:
-            ranked = self.engine.rank_snapshots(query, records)
+            ranked = self.engine.rank_snapshots(query, records, self._rank_reporter(rank_id))
+        except RankSuperseded:
+            return
         except Exception as e:
             if not _is_user_error(e):
                 log.exception("ranking failed")

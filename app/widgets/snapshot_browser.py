@@ -6,8 +6,10 @@ file: a FIFO named like a snapshot, a slow SD card or hundreds of JPEG decodes c
 window. Snapshots that cannot be read are left out, counted and named (hover the count).
 
 Search ranks with the model's image-text matching (ITM, ties by ITC) when a loaded model can
-match; the window runs that on the inference thread and hands the ranking back through
-``show_ranked``. Without such a model, it is a word search over captions and Q&A, done here.
+match; the window runs that on the inference thread, passes its progress to
+``show_rank_progress`` and hands the ranking back through ``show_ranked``. Without such a model,
+it is a word search over captions and Q&A, done here: over the listing's records in memory (the
+reader thread read the sidecars), so it never opens a file on the GUI thread.
 Everything shown comes from files, so it is all plain text (``app.widgets.plain_text``).
 """
 
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QVBoxLayout,
@@ -56,6 +59,7 @@ class SnapshotBrowser(QDialog):
         self.skipped: list[tuple[str, str]] = []  # (file name, why) of snapshots that could not be read
         self.can_rank = False
         self.ranker_name = ""
+        self.ranking = False  # a model ranking was requested and its result (or failure) has not come
         self._read_id = self._shown_id = 0  # the reader's ids of the read wanted and of the one shown
         self._icons: dict[Path, QIcon] = {}
         self._items: dict[Path, QListWidgetItem] = {}
@@ -69,6 +73,10 @@ class SnapshotBrowser(QDialog):
         self.skipped_label.setObjectName("snapshots_skipped")
         self.skipped_label.setStyleSheet("color: #c0392b;")
         self.skipped_label.hide()
+        self.rank_bar = QProgressBar()
+        self.rank_bar.setObjectName("rank_progress")
+        self.rank_bar.setTextVisible(False)  # the mode line says "Ranking 120 of 3000 snapshots…"
+        self.rank_bar.hide()
         refresh = QPushButton("Refresh")
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
@@ -93,6 +101,7 @@ class SnapshotBrowser(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.mode)
+        layout.addWidget(self.rank_bar)
         layout.addWidget(self.skipped_label)
         layout.addWidget(split, 1)
 
@@ -145,6 +154,7 @@ class SnapshotBrowser(QDialog):
 
     def run_search(self) -> None:
         query = self.search.text().strip()
+        self._set_ranking(bool(query) and self.can_rank)
         if not query:
             self._show([(r, None) for r in self.records])
         elif self.can_rank:
@@ -158,12 +168,27 @@ class SnapshotBrowser(QDialog):
         if not self.can_rank or not self.search.text().strip():
             self.run_search()
 
+    def show_rank_progress(self, done: int, total: int) -> None:
+        """The running ranking's count (the worker's ``rank_progress``); ignored once it is over."""
+        if not self.ranking:
+            return
+        self.mode.setText(f"Ranking {done} of {total} snapshots by image–text match with {self.ranker_name}…")
+        self.rank_bar.setRange(0, max(total, 1))
+        self.rank_bar.setValue(min(done, total))
+
+    def _set_ranking(self, ranking: bool) -> None:
+        self.ranking = ranking
+        self.rank_bar.setRange(0, 0)  # busy until the first count arrives
+        self.rank_bar.setVisible(ranking)
+
     def show_ranked(self, ranked: list[tuple[SnapshotRecord, float, float]], left_out: int = 0) -> None:
+        self._set_ranking(False)
         self._show([(r, itm) for r, itm, _itc in ranked])
         unreadable = f" · {left_out} image(s) left out: unreadable" if left_out else ""
         self.mode.setText(f"Ranked by image–text match (ITM, then ITC) with {self.ranker_name}{unreadable}")
 
     def show_rank_error(self, message: str) -> None:
+        self._set_ranking(False)
         self._show(word_search(self.records, self.search.text()))
         self.mode.setText(f"Model ranking failed ({message}); showing word search")
 
