@@ -28,6 +28,7 @@ class AppConfig:
     interval: float = 3.0
     snapshot_dir: Path | None = None
     settings_path: Path | None = None
+    fullscreen: bool = False  # kiosk mode for this run (a command-line choice, not saved)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,7 +41,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="blip-cam", description="Live BLIP captions and questions about what the camera sees.",
                        epilog="keys: Space caption now · Enter ask · S save snapshot · P pause/resume · "
-                              "Ctrl+Q quit")
+                              "F11 full screen · Ctrl+Q quit")
     p.add_argument("--source", default="auto", metavar="SPEC",
                    help=f"where frames come from: {SOURCE_HELP} "
                         "(default: auto = Pi camera, else webcam 0, else scenes)")
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where snapshots go (default: the saved choice, else ~/Pictures/blip-cam)")
     p.add_argument("--settings", type=Path, metavar="PATH",
                    help="settings INI file (default: the per-user config file)")
+    p.add_argument("--fullscreen", action="store_true",
+                   help="kiosk mode: full screen without a window frame (F11 or Esc leaves it)")
     p.add_argument("--exit-after-captions", type=int, metavar="N",
                    help="print the first N captions to stdout, one per line, then exit 0 "
                         "(checks an install; works offscreen)")
@@ -99,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
         if vqa.lower() == "none":
             vqa = None
     models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
-    return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings)
+    return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings,
+                     args.fullscreen)
 
 
 def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:

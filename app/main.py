@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None, *, loader: Loader | None = None, source:
     ticker.timeout.connect(lambda: None)
     ticker.start()
 
-    window.show()
+    window.showFullScreen() if config.fullscreen else window.show()
     window.start()
     try:
         status = app.exec()

@@ -13,9 +13,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QCloseEvent, QKeySequence, QResizeEvent, QShortcut
 from PySide6.QtWidgets import (
     QFileDialog,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QMainWindow,
@@ -42,9 +43,13 @@ from app.widgets.plain_text import plain_label
 from app.widgets.preview import PreviewWidget
 from app.widgets.question_panel import QuestionPanel
 from app.widgets.snapshot_browser import SnapshotBrowser
+from app.widgets.touch import touch_sized
 from app.worker import InferenceWorker, RankOutcome, SnapshotReader, SnapshotSaver
 
 CAPTIONS_KEPT = 20  # recent captions by frame, so a snapshot of a frozen frame finds its caption
+# below this width or height the drawer starts folded: the Raspberry Pi Touch Displays (800x480
+# landscape, 720x1280 portrait) then show the preview, the main buttons and the question box at once
+COMPACT_SIZE = (1000, 640)
 
 
 class MainWindow(QMainWindow):
@@ -75,6 +80,7 @@ class MainWindow(QMainWindow):
         self.browser: SnapshotBrowser | None = None
         self._started = self._shut_down = False
         self._saved_continuous: bool | None = None
+        self._compact: bool | None = None  # unknown until the first resize
 
         if source is None:
             source = make_source(config.source, interval=config.interval)
@@ -88,6 +94,7 @@ class MainWindow(QMainWindow):
         self._build_ui()
         self._connect()
         self.controls.load(settings)
+        self.preview.set_overlay_position(self.controls.overlay_position.currentText())
         geometry = settings.get("window/geometry")
         if geometry:
             self.restoreGeometry(QByteArray(geometry))
@@ -111,36 +118,20 @@ class MainWindow(QMainWindow):
 
         self.controls = CaptionControls()
         self.questions = QuestionPanel()
-        snapshots = QGroupBox("Snapshots")
-        snap_layout = QVBoxLayout(snapshots)
-        snap_row = QHBoxLayout()
-        self.save_button = QPushButton("Save (S)")
-        self.folder_button = QPushButton("Folder…")
-        self.browse_button = QPushButton("Browse…")
-        for b in (self.save_button, self.folder_button, self.browse_button):
-            snap_row.addWidget(b)
-        self.snapshot_label = plain_label()
-        self.snapshot_label.setObjectName("snapshot_label")
-        self.snapshot_label.setWordWrap(True)
-        self.snapshot_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        snap_layout.addLayout(snap_row)
-        snap_layout.addWidget(self.snapshot_label)
         side = QWidget()
         side_layout = QVBoxLayout(side)
-        side_layout.addWidget(self.controls)
-        side_layout.addWidget(snapshots)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        side_layout.addLayout(self._action_buttons())
         side_layout.addWidget(self.questions, 1)
-        scroll = QScrollArea()
-        scroll.setWidget(side)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(360)
+        side_layout.addWidget(self._build_drawer(), 1)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(scroll)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        self.setCentralWidget(split)
+        self.split = QSplitter(Qt.Orientation.Horizontal)
+        self.split.setChildrenCollapsible(False)
+        self.split.addWidget(left)
+        self.split.addWidget(side)
+        self.split.setStretchFactor(0, 3)
+        self.split.setStretchFactor(1, 2)
+        self.setCentralWidget(self.split)
 
         self.source_label = plain_label("source: starting…")
         self.progress = QProgressBar()
@@ -155,8 +146,53 @@ class MainWindow(QMainWindow):
 
         for keys, slot in ((Qt.Key.Key_Space, self.caption_now), (Qt.Key.Key_S, self.save_snapshot),
                            (Qt.Key.Key_P, self.toggle_pause), (Qt.Key.Key_Return, self._on_return),
-                           (Qt.Key.Key_Enter, self._on_return), ("Ctrl+Q", self.close)):
+                           (Qt.Key.Key_Enter, self._on_return), ("Ctrl+Q", self.close),
+                           (Qt.Key.Key_F11, self.toggle_fullscreen), (Qt.Key.Key_Escape, self.leave_fullscreen)):
             QShortcut(QKeySequence(keys), self, activated=slot)
+
+    def _action_buttons(self) -> QGridLayout:
+        """The buttons used all the time, touch-sized and always in view: caption now, pause, save,
+        and the toggle of the drawer that holds the rest."""
+        self.save_button = QPushButton("Save (S)")
+        self.more_button = QPushButton("More ⋯")
+        self.more_button.setCheckable(True)
+        self.more_button.setToolTip("Show or hide the prompt, decoding, display and snapshot folder settings")
+        touch_sized(self.save_button, self.more_button)
+        grid = QGridLayout()
+        grid.addWidget(self.controls.buttons, 0, 0, 1, 2)
+        grid.addWidget(self.save_button, 1, 0)
+        grid.addWidget(self.more_button, 1, 1)
+        return grid
+
+    def _build_drawer(self) -> QScrollArea:
+        """The drawer: the seldom-used controls, open on large windows, folded away on small ones
+        (``adapt_layout``); it scrolls so that it never pushes the question box out of view."""
+        snapshots = QGroupBox("Snapshots")
+        snap_layout = QVBoxLayout(snapshots)
+        snap_row = QHBoxLayout()
+        self.folder_button = QPushButton("Folder…")
+        self.browse_button = QPushButton("Browse…")
+        touch_sized(self.folder_button, self.browse_button)
+        snap_row.addWidget(self.folder_button)
+        snap_row.addWidget(self.browse_button)
+        self.snapshot_label = plain_label()
+        self.snapshot_label.setObjectName("snapshot_label")
+        self.snapshot_label.setWordWrap(True)
+        self.snapshot_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        snap_layout.addLayout(snap_row)
+        snap_layout.addWidget(self.snapshot_label)
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.addWidget(self.controls)
+        content_layout.addWidget(snapshots)
+        content_layout.addStretch(1)
+        self.drawer = QScrollArea()
+        self.drawer.setObjectName("drawer")
+        self.drawer.setWidget(content)
+        self.drawer.setWidgetResizable(True)
+        self.drawer.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.drawer.hide()
+        return self.drawer
 
     def _connect(self) -> None:
         self.capture.frame_available.connect(self._on_frame_available)
@@ -175,11 +211,49 @@ class MainWindow(QMainWindow):
         self.controls.continuous_toggled.connect(self._on_continuous_toggled)
         self.controls.caption_now.connect(self.caption_now)
         self.controls.pause_toggled.connect(self.set_paused)
+        self.controls.overlay_moved.connect(self._on_overlay_moved)
+        self.more_button.toggled.connect(self.drawer.setVisible)
         self.questions.ask_requested.connect(self.ask)
         self.questions.new_frame_requested.connect(self.release_question_frame)
         self.save_button.clicked.connect(self.save_snapshot)
         self.folder_button.clicked.connect(self.choose_folder)
         self.browse_button.clicked.connect(self.open_browser)
+
+    # --- size, screen and touch ------------------------------------------------------------------
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.adapt_layout()
+
+    def adapt_layout(self) -> None:
+        """Fit the window's shape: portrait puts the questions under the preview; a small window
+        folds the drawer away (crossing the size threshold, so a user's own choice then stays)."""
+        width, height = self.width(), self.height()
+        orientation = Qt.Orientation.Vertical if height > width else Qt.Orientation.Horizontal
+        if self.split.orientation() != orientation:
+            self.split.setOrientation(orientation)
+            total = height if orientation == Qt.Orientation.Vertical else width
+            self.split.setSizes([total * 3 // 5, total * 2 // 5])
+        compact = width < COMPACT_SIZE[0] or height < COMPACT_SIZE[1]
+        if compact != self._compact:
+            self._compact = compact
+            self.more_button.setChecked(not compact)
+
+    def toggle_fullscreen(self) -> None:
+        """F11: kiosk mode (full screen, no frame) on or off."""
+        if self.isFullScreen():
+            self.showNormal()
+        else:
+            self.showFullScreen()
+
+    def leave_fullscreen(self) -> None:
+        """Esc: the way out of kiosk mode everyone tries first."""
+        if self.isFullScreen():
+            self.showNormal()
+
+    def _on_overlay_moved(self, position: str) -> None:
+        self.preview.set_overlay_position(position)
+        self.controls.save(self.settings)
 
     def start(self) -> None:
         """Start the threads and the model load (separate from __init__ so tests can wire first)."""

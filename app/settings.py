@@ -16,6 +16,7 @@ from typing import Any
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
 from app.prompts import MAX_PROMPT_CHARS, MAX_TOKENS, MIN_TOKENS, PROMPT_MODES
+from app.widgets.overlay import OVERLAY_POSITIONS
 from blip_core.generation import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ RULES: dict[str, Rule] = {
     "decoding/strategy": Rule("greedy", choices=STRATEGIES),
     "decoding/max_tokens": Rule(20, low=MIN_TOKENS, high=MAX_TOKENS),
     "captioning/continuous": Rule(True),
+    "overlay/position": Rule(OVERLAY_POSITIONS[0], choices=OVERLAY_POSITIONS),
     "snapshots/folder": Rule("", max_len=MAX_PATH_CHARS),  # empty: default_snapshot_dir()
     "window/geometry": Rule(b"", max_len=MAX_WINDOW_BLOB),
     "window/state": Rule(b"", max_len=MAX_WINDOW_BLOB),

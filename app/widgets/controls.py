@@ -1,5 +1,9 @@
 """Caption controls: conditional prompt, decoding strategy and length, continuous / on-demand,
-pause. The widget turns its state into ``CaptionOptions``; it knows nothing about models."""
+pause, where the overlay sits. The widget turns its state into ``CaptionOptions``; it knows
+nothing about models.
+
+The caption-now and pause buttons are used all the time, the rest seldom: the buttons live in
+``buttons``, a separate widget the window keeps in reach, while this widget can sit in a drawer."""
 
 from __future__ import annotations
 
@@ -29,14 +33,18 @@ from app.prompts import (
     build_prompt,
 )
 from app.settings import Settings
+from app.widgets.overlay import OVERLAY_POSITIONS
 from app.widgets.plain_text import plain_label
+from app.widgets.touch import touch_sized
 from blip_core.generation import STRATEGIES
 
 
 class CaptionControls(QWidget):
-    """``options_changed`` fires on any prompt/decoding edit; the buttons have their own signals."""
+    """``options_changed`` fires on any prompt/decoding edit; the buttons have their own signals;
+    ``overlay_moved(position)`` when the overlay position changes."""
 
     options_changed = Signal()
+    overlay_moved = Signal(str)
     continuous_toggled = Signal(bool)
     caption_now = Signal()
     pause_toggled = Signal(bool)
@@ -82,24 +90,42 @@ class CaptionControls(QWidget):
         self.continuous = QCheckBox("Continuous (whenever the model is free)")
         self.continuous.setObjectName("continuous")
         self.continuous.setChecked(True)
-        buttons = QHBoxLayout()
-        self.caption_button = QPushButton("Caption now (Space)")
-        self.pause_button = QPushButton("Pause (P)")
-        self.pause_button.setCheckable(True)
-        buttons.addWidget(self.caption_button)
-        buttons.addWidget(self.pause_button)
         mode_layout.addWidget(self.continuous)
-        mode_layout.addLayout(buttons)
         layout.addWidget(mode_box)
+        layout.addWidget(self._display_box())
+        self.buttons = self._action_buttons()
 
         self.prompt_group.idToggled.connect(lambda _id, checked: checked and self._prompt_changed())
         self.custom_prompt.textEdited.connect(self._custom_edited)
         self.strategy.currentTextChanged.connect(self.options_changed)
         self.max_tokens.valueChanged.connect(self.options_changed)
         self.continuous.toggled.connect(self.continuous_toggled)
+        self.overlay_position.currentTextChanged.connect(self.overlay_moved)
         self.caption_button.clicked.connect(self.caption_now)
         self.pause_button.toggled.connect(self._pause_toggled)
         self._prompt_changed()
+
+    def _display_box(self) -> QGroupBox:
+        box = QGroupBox("Display")
+        form = QFormLayout(box)
+        self.overlay_position = QComboBox()
+        self.overlay_position.setObjectName("overlay_position")
+        self.overlay_position.addItems(OVERLAY_POSITIONS)
+        form.addRow(plain_label("Caption overlay"), self.overlay_position)
+        return box
+
+    def _action_buttons(self) -> QWidget:
+        """Caption now and pause, touch-sized, in a widget of their own (see the module docstring)."""
+        buttons = QWidget()
+        row = QHBoxLayout(buttons)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.caption_button = QPushButton("Caption now (Space)")
+        self.pause_button = QPushButton("Pause (P)")
+        self.pause_button.setCheckable(True)
+        touch_sized(self.caption_button, self.pause_button)
+        row.addWidget(self.caption_button)
+        row.addWidget(self.pause_button)
+        return buttons
 
     # --- state -------------------------------------------------------------------------------
 
@@ -135,6 +161,7 @@ class CaptionControls(QWidget):
             self.strategy.setCurrentText(strategy)
         self.max_tokens.setValue(settings.get("decoding/max_tokens"))
         self.continuous.setChecked(settings.get("captioning/continuous"))
+        self.overlay_position.setCurrentText(settings.get("overlay/position"))
 
     def save(self, settings: Settings) -> None:
         settings.set("prompt/mode", self.prompt_mode())
@@ -142,6 +169,7 @@ class CaptionControls(QWidget):
         settings.set("decoding/strategy", self.strategy.currentText())
         settings.set("decoding/max_tokens", self.max_tokens.value())
         settings.set("captioning/continuous", self.continuous.isChecked())
+        settings.set("overlay/position", self.overlay_position.currentText())
 
     # --- slots -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QTextOption
 
 WAITING = "waiting for the first caption…"
+OVERLAY_POSITIONS = ("bottom", "top")  # where the overlay sits on the picture; the first is the default
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,18 @@ def overlay_lines(state: OverlayState) -> list[str]:
     return lines
 
 
-def paint_overlay(painter: QPainter, area: QRectF, lines: list[str]) -> None:
-    """Draw ``lines`` in a translucent box along the bottom of ``area`` (caption first, larger)."""
+def overlay_box(area: QRectF, box_height: float, position: str, pad: float = 8.0) -> QRectF:
+    """The overlay's rectangle: full width of ``area`` less ``pad``, at its top or its bottom."""
+    width = max(area.width() - 2 * pad, 50.0)
+    top = area.top() + pad if position == "top" else area.bottom() - box_height - pad
+    return QRectF(area.left() + pad, top, width, box_height)
+
+
+def paint_overlay(painter: QPainter, area: QRectF, lines: list[str], position: str = "bottom") -> QRectF:
+    """Draw ``lines`` in a translucent box along the bottom (or top) of ``area``, caption first and
+    larger; return the box drawn (an empty rectangle when there is nothing to draw)."""
     if not lines:
-        return
+        return QRectF()
     pad = 8.0
     width = max(area.width() - 2 * pad, 50.0)
     caption_font = QFont(painter.font())
@@ -63,7 +72,7 @@ def paint_overlay(painter: QPainter, area: QRectF, lines: list[str]) -> None:
         rect = QFontMetricsF(font).boundingRect(QRectF(0, 0, width - 2 * pad, 10_000), Qt.TextFlag.TextWordWrap, line)
         blocks.append((font, line, rect.height()))
     box_h = sum(h for _, _, h in blocks) + 2 * pad + 2 * (len(blocks) - 1)
-    box = QRectF(area.left() + pad, area.bottom() - box_h - pad, width, box_h)
+    box = overlay_box(area, box_h, position, pad)
 
     painter.save()
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -77,3 +86,4 @@ def paint_overlay(painter: QPainter, area: QRectF, lines: list[str]) -> None:
         painter.drawText(QRectF(box.left() + pad, y, box.width() - 2 * pad, h), line, option)
         y += h + 2
     painter.restore()
+    return box

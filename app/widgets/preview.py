@@ -8,7 +8,7 @@ from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.sources.base import Frame
-from app.widgets.overlay import OverlayState, overlay_lines, paint_overlay
+from app.widgets.overlay import OVERLAY_POSITIONS, OverlayState, overlay_lines, paint_overlay
 
 
 def rgb_qimage(image: np.ndarray) -> QImage:
@@ -34,6 +34,8 @@ class PreviewWidget(QWidget):
         self._frame: Frame | None = None
         self._qimage: QImage | None = None
         self.overlay = OverlayState()
+        self.overlay_position = OVERLAY_POSITIONS[0]
+        self.overlay_rect = QRectF()  # where the overlay was last painted (widget coordinates)
         self.placeholder = "starting camera…"
         self.frames_shown = 0
 
@@ -48,6 +50,11 @@ class PreviewWidget(QWidget):
 
     def set_overlay(self, state: OverlayState) -> None:
         self.overlay = state
+        self.update()
+
+    def set_overlay_position(self, position: str) -> None:
+        """Move the overlay to the top or bottom of the picture (so it need not hide either)."""
+        self.overlay_position = position if position in OVERLAY_POSITIONS else OVERLAY_POSITIONS[0]
         self.update()
 
     def overlay_text(self) -> list[str]:
@@ -72,5 +79,5 @@ class PreviewWidget(QWidget):
         else:
             painter.setPen(QColor(200, 200, 200))
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.placeholder)
-        paint_overlay(painter, area, self.overlay_text())
+        self.overlay_rect = paint_overlay(painter, area, self.overlay_text(), self.overlay_position)
         painter.end()

@@ -19,6 +19,7 @@ from app.questions import MAX_QUESTION_CHARS, QAEntry, QAHistory
 from app.sources.base import Frame
 from app.widgets.plain_text import plain_label
 from app.widgets.preview import frame_to_qimage
+from app.widgets.touch import touch_sized
 
 THUMB = 96
 
@@ -50,6 +51,7 @@ class QuestionPanel(QGroupBox):
         # a little slack over the limit so an overlong paste gets a message instead of a silent cut
         self.box.setMaxLength(MAX_QUESTION_CHARS * 5)
         self.ask_button = QPushButton("Ask")
+        touch_sized(self.box, self.ask_button)
         row.addWidget(self.box, 1)
         row.addWidget(self.ask_button)
         layout.addLayout(row)
@@ -64,6 +66,7 @@ class QuestionPanel(QGroupBox):
         self.new_frame_button = QPushButton("New frame")
         self.new_frame_button.setToolTip("Ask the next question about the current frame instead")
         self.new_frame_button.setEnabled(False)
+        touch_sized(self.new_frame_button)
         frame_row.addWidget(self.thumb)
         frame_row.addWidget(self.frame_label, 1)
         frame_row.addWidget(self.new_frame_button)
