@@ -1,5 +1,6 @@
 """Render the blip-cam main window offscreen to docs/screenshot.png: a generated scene, its
-caption from a real model, and one answered question.
+caption from a real model, and one answered question; then the same at the sizes of the
+Raspberry Pi Touch Displays (docs/screenshot-800x480.png and docs/screenshot-720x1280.png).
 
     python scripts/screenshot.py                      # the bundled demo model
     python scripts/screenshot.py --model Salesforce/blip-image-captioning-base --seed 7
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DESKTOP_SIZE = (1280, 760)
+TOUCH_SIZES = ((800, 480), (720, 1280))  # Touch Display (landscape) and Touch Display 2 (portrait)
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -28,7 +31,12 @@ def default_model() -> str | None:
     return str(path) if path else None
 
 
-def render_screenshot(out: Path, model: str, *, precision: str = "fp32", seed: int = 3, size=(1280, 760),
+def touch_screenshot_path(out: Path, size: tuple[int, int]) -> Path:
+    """docs/screenshot.png -> docs/screenshot-800x480.png"""
+    return out.with_name(f"{out.stem}-{size[0]}x{size[1]}{out.suffix}")
+
+
+def render_screenshot(out: Path, model: str, *, precision: str = "fp32", seed: int = 3, size=DESKTOP_SIZE,
                       timeout_s: float = 300.0, loader=None) -> int:
     """Show the window, wait for a caption and an answer, save the window's pixels to ``out``."""
     from PySide6.QtCore import QCoreApplication
@@ -112,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         print("screenshot: the bundled demo model is not installed (make demo-model), and no --model was given",
               file=sys.stderr)
         return 2
-    return render_screenshot(args.out, model, precision=args.precision, seed=args.seed)
+    for out, size in [(args.out, DESKTOP_SIZE)] + [(touch_screenshot_path(args.out, s), s) for s in TOUCH_SIZES]:
+        status = render_screenshot(out, model, precision=args.precision, seed=args.seed, size=size)
+        if status:
+            return status
+    return 0
 
 
 if __name__ == "__main__":
