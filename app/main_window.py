@@ -528,6 +528,7 @@ class MainWindow(QMainWindow):
             self.browser.rank_requested.connect(self.worker.rank)
             self.worker.rank_ready.connect(self._on_rank_ready)
             self.worker.rank_failed.connect(self.browser.show_rank_error)
+            self.worker.rank_progress.connect(self.browser.show_rank_progress)
         matcher = self.models.matcher if self.models else None
         self.browser.set_ranker(matcher.name if matcher else None)
         self.browser.folder = self.snapshot_folder()
