@@ -40,7 +40,7 @@ class ExitAfterCaptions:
         window.set_continuous(True, persist=False)
         window.caption_shown.connect(self._on_caption)
         window.models_failed.connect(self._on_failed)
-        window.capture.failing.connect(self._on_source_failing)
+        window.source_failing.connect(self._on_source_failing)
 
     def _on_caption(self, outcome) -> None:
         if self.exit_code is not None:
@@ -61,6 +61,11 @@ class ExitAfterCaptions:
 
     def _finish(self, code: int) -> None:
         self.exit_code = code
+        # nothing more may reach this object: the window is about to close and be deleted
+        w = self.window
+        for qt_signal, slot in ((w.caption_shown, self._on_caption), (w.models_failed, self._on_failed),
+                                (w.source_failing, self._on_source_failing)):
+            qt_signal.disconnect(slot)
         self.window.close()  # joins the threads
         if self.quit is not None:
             # quit(), not exit(code): exit() outside a running loop would make every later

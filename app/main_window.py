@@ -61,6 +61,9 @@ class MainWindow(QMainWindow):
     models_failed = Signal(str)
     snapshot_saved = Signal(object)
     snapshot_failed = Signal(str)
+    # the capture thread's failing(message, count), relayed by the window: delivered on the GUI
+    # thread and disconnected with the window, so a listener never outlives what it watches
+    source_failing = Signal(str, int)
 
     def __init__(self, config: AppConfig, settings: Settings, *, loader: Loader | None = None,
                  source: FrameSource | None = None, retry_delays: tuple[float, ...] | None = None):
@@ -197,6 +200,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         self.capture.frame_available.connect(self._on_frame_available)
         self.capture.status.connect(self._on_source_status)
+        self.capture.failing.connect(self.source_failing)
         w = self.worker
         w.load_progress.connect(self._on_load_progress)
         w.models_changed.connect(self._on_models_changed)
