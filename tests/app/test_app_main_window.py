@@ -282,27 +282,16 @@ def test_browser_ranks_by_image_text_match_when_available(qtbot, make_window, se
     window = make_window(loader=fake_loader)
     browser = open_browser(qtbot, window)
     assert browser.can_rank and "image–text match" in browser.mode.text()
-    browser.search.setText("something blue")
-    browser.run_search()
-    qtbot.waitUntil(lambda: browser.mode.text().startswith("Ranked"), timeout=5000)
-    top = browser.shown_records()[0]
-    assert read_embedded_caption(top.path)  # a real snapshot
-    assert browser.grid.item(0).text().startswith("0.90")
-    assert window.models.captioner.model.match_calls[-1] == ["something blue"]
-
-
-def test_window_shows_ranking_progress_in_the_browser(qtbot, make_window, settings, fake_loader):
-    folder = settings.snapshot_dir()
-    for colour in ("red", "blue", "green"):
-        write_snapshot(folder, solid(colour), SnapshotRecord(caption="a picture"))
-    window = make_window(loader=fake_loader)
-    browser = open_browser(qtbot, window)
-    shown = []
+    shown = []  # what the browser says each time the worker reports progress
     window.worker.rank_progress.connect(lambda done, total: shown.append(browser.mode.text()))
     browser.search.setText("something blue")
     browser.run_search()
     qtbot.waitUntil(lambda: browser.mode.text().startswith("Ranked"), timeout=5000)
     assert any(text.startswith("Ranking 3 of 3 snapshots") for text in shown), shown
+    top = browser.shown_records()[0]
+    assert read_embedded_caption(top.path)  # a real snapshot
+    assert browser.grid.item(0).text().startswith("0.90")
+    assert window.models.captioner.model.match_calls[-1] == ["something blue"]
 
 
 def test_browser_reads_the_folder_off_the_gui_thread(qtbot, make_window, settings, monkeypatch):
