@@ -11,30 +11,26 @@ sharing their memory. An int8 model (``runtime.OrtModel``) never loads torch.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from blip_core.checkpoints import LoadReport, materialize, open_checkpoint
-from blip_core.errors import BadInputError, BlipError, WrongTaskError, import_torch
+from blip_core.checkpoints import materialize, open_checkpoint
+from blip_core.checkpoints.vocab import tokenizer_for
+from blip_core.errors import BadInputError, BlipError, import_torch
 from blip_core.generation import DecodingOptions, generate, softmax, whole_number
 from blip_core.hub import Progress, fetch, looks_like_hub_id
+from blip_core.loaded import LoadedModel, elapsed_ms, inference
 from blip_core.model.config import TASKS
 from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.ranking import rank_answers
+from blip_core.resources import check_memory
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
-from blip_core.tokenizer import BlipTokenizer, require_text
-
-if TYPE_CHECKING:
-    from blip_core.int8.runtime import OrtModel
-    from blip_core.model.blip import BlipModel
+from blip_core.tokenizer import require_text
 
 PRECISIONS = ("fp32", "int8")
 MAX_THREADS = 256  # a hard ceiling whatever the CPU count (100000 threads segfaulted libgomp, 16 GB in ORT)
@@ -83,89 +79,11 @@ def _check_source(source) -> str:
     return text
 
 
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000
-
-
-def _inference(method):
-    """Run a public method without autograd on a torch model (inference tensors must never meet
-    parameters that require grad, e.g. a training model wrapped for evaluation)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._torch.inference_mode() if self._torch else contextlib.nullcontext():
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-class Blip:
+class Blip(LoadedModel):
     """A loaded BLIP model with its tokenizer. Thread-compatible: one call at a time per object."""
-
-    def __init__(self, model: BlipModel | OrtModel, tokenizer: BlipTokenizer, name: str = "", precision: str = "fp32",
-                 report: LoadReport | None = None):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.name = name
-        self.precision = precision
-        self.report = report
-        self.cfg = model.cfg
-        # torch for a torch model; None for one that takes numpy arrays (the int8 runtime)
-        self._torch = None if getattr(model, "numpy_io", False) else importlib.import_module("torch")
-
-    def _in(self, array: np.ndarray):
-        """A numpy input as the model takes it (a torch tensor sharing its memory, or as is)."""
-        return self._torch.from_numpy(array) if self._torch else array
-
-    # ------------------------------------------------------------ properties
-    @property
-    def tasks(self) -> frozenset[str]:
-        return frozenset(self.cfg.tasks)
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.vision.image_size
 
     def __repr__(self) -> str:
         return f"Blip({self.name!r}, tasks={'+'.join(self.cfg.tasks)}, {self.precision}, {self.image_size}px)"
-
-    def _require(self, task: str) -> None:
-        if task not in self.cfg.tasks:
-            verb = {"caption": "caption", "vqa": "answer questions", "match": "match texts"}[task]
-            raise WrongTaskError(
-                f"{self.name or 'this model'} cannot {verb}: "
-                f"it was loaded for {', '.join(self.cfg.tasks)}; load a {task} checkpoint"
-            )
-
-    # ---------------------------------------------------------------- vision
-    @_inference
-    def encode_image(self, image) -> ImageFeatures:
-        """PIL image | HxWx3 uint8 RGB array | path -> reusable ``ImageFeatures``."""
-        if isinstance(image, ImageFeatures):
-            return self._check_features(image)
-        from blip_core.preprocess import frame_to_array, pixel_array
-
-        t0 = time.perf_counter()
-        if hasattr(image, "shape") and hasattr(image, "dtype"):
-            pixels = frame_to_array(image, self.image_size)
-        else:
-            pixels = pixel_array(image, self.image_size)
-        t1 = time.perf_counter()
-        embeds = self.model.encode_image(self._in(pixels))
-        pre, vis = (t1 - t0) * 1000, _ms(t1)
-        return ImageFeatures(embeds, id(self), Timings(preprocess_ms=pre, vision_ms=vis, total_ms=pre + vis))
-
-    def _check_features(self, f: ImageFeatures) -> ImageFeatures:
-        if f.model_key != id(self):
-            raise BadInputError("these image features were encoded by another model; pass the image instead")
-        return f
-
-    def _features(self, image) -> tuple[ImageFeatures, Timings]:
-        """Features plus the vision timings this call paid (zero when they were reused)."""
-        if isinstance(image, ImageFeatures):
-            return self._check_features(image), Timings()
-        f = self.encode_image(image)
-        return f, f.timings
 
     def _cross_kv(self, f: ImageFeatures, part: str):
         """Per-image cross-attention keys/values of ``part``, cached in the features."""
@@ -174,7 +92,7 @@ class Blip:
         return f.cache[part]
 
     # ------------------------------------------------------------- captions
-    @_inference
+    @inference
     def caption(self, image, prompt: str = "a picture of ", max_new_tokens: int = 20, min_new_tokens: int = 5,
                 num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9,
                 repetition_penalty: float = 1.0, num_return_sequences: int = 1,
@@ -198,7 +116,7 @@ class Blip:
         hyps = generate(session, np.array([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
                         pad_id=self.tokenizer.pad_id)[0]
         texts = tuple(self.tokenizer.continuation(prompt_ids, h.tokens) for h in hyps)
-        timings = Timings(vt.preprocess_ms, vt.vision_ms, 0.0, _ms(t1), _ms(t0))
+        timings = Timings(vt.preprocess_ms, vt.vision_ms, 0.0, elapsed_ms(t1), elapsed_ms(t0))
         return CaptionResult(texts[0], hyps[0].tokens, timings, prompt, texts)
 
     # -------------------------------------------------------------- answers
@@ -210,7 +128,7 @@ class Blip:
         states = self.model.encode_question(f.embeds, ids, mask, cross_kv=self._cross_kv(f, "text_encoder"))
         return states, mask
 
-    @_inference
+    @inference
     def answer(self, image, question: str, answers: Sequence[str] | None = None, max_new_tokens: int = 10,
                min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None, k: int = 128) -> AnswerResult:
         """Answer a question about an image (or features): generated, or chosen from ``answers``
@@ -237,11 +155,11 @@ class Blip:
             hyp = generate(session, np.array([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
                            pad_id=self.tokenizer.pad_id)[0][0]
             text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
-        timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, _ms(t2), _ms(t0))
+        timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, elapsed_ms(t2), elapsed_ms(t0))
         return AnswerResult(text, question, tuple(ids), timings, tuple(ranked))
 
     # -------------------------------------------------------------- matching
-    @_inference
+    @inference
     def match(self, image, texts: Sequence[str]) -> list[MatchResult]:
         """ITM match probability (``[ENC]`` + cross-attention) and ITC cosine for each text."""
         self._require("match")
@@ -282,10 +200,22 @@ def _parse_tasks(task) -> tuple[str, ...] | None:
     return tasks
 
 
+def _wrap(ck, model, name: str, precision: str) -> LoadedModel:
+    """The loaded model of ``ck``'s family with its tokenizer."""
+    tokenizer = tokenizer_for(ck)
+    if ck.family == "blip2":
+        from blip_core.api_blip2 import Blip2
+
+        return Blip2(model, tokenizer, name=name, precision=precision, report=ck.report)
+    return Blip(model, tokenizer, name=name, precision=precision, report=ck.report)
+
+
 def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None = None, task=None,
-         progress: Progress | None = None, warmup: bool = True) -> Blip:
-    """Load a BLIP checkpoint: a Hugging Face hub id (downloaded once, with progress), a model
-    folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``.
+         progress: Progress | None = None, warmup: bool = True) -> LoadedModel:
+    """Load a BLIP or BLIP-2 checkpoint: a Hugging Face hub id (downloaded once, with progress), a
+    model folder (Hugging Face layout or ours) or a Salesforce / LAVIS ``.pth``. The family comes
+    from the checkpoint: a ``Blip`` or a ``Blip2`` (``blip_core.api_blip2``), with the same verbs.
+    A load that cannot fit in the memory available is refused before anything is allocated.
 
     precision: ``fp32`` or ``int8`` (int8 weights, see ``blip_core.int8.convert``); threads: intra-op
     threads, 1 to :func:`max_threads` (default: physical cores; int8 models in one process share
@@ -302,15 +232,14 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     if progress:
         progress(0.0, f"loading {source_str}")
     ck = open_checkpoint(path)
+    check_memory(source_str, ck.tensors.shapes, precision)
     if precision == "int8":
         from blip_core.int8.cache import materialize_int8
 
         model = materialize_int8(ck, threads, tasks, progress=progress)
     else:
         model = materialize(ck, tasks)
-    tokenizer = BlipTokenizer(ck.vocab)
-    tokenizer.check_model(ck.cfg.text)
-    blip = Blip(model, tokenizer, name=source_str, precision=precision, report=ck.report)
+    blip = _wrap(ck, model, source_str, precision)
     if warmup:
         if progress:
             progress(1.0, "warming up")

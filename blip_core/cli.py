@@ -141,16 +141,22 @@ def _utf8(value):
     return value
 
 
+def _defaults_of(**options) -> dict:
+    """The options the user gave (None: the loaded model's own default, which differs by family)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def cmd_caption(args) -> int:
-    _texts(the_prompt=args.prompt)
+    if args.prompt is not None:
+        _texts(the_prompt=args.prompt)
     decoding = _decoding(num_beams=args.beams, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
-                         min_new_tokens=args.min_new_tokens, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty, seed=args.seed)
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                         **_defaults_of(min_new_tokens=args.min_new_tokens))
     m = _load(args, "caption")
     failed = 0
     for path in args.images:
         try:
-            r = m.caption(path, prompt=args.prompt, **decoding)
+            r = m.caption(path, **_defaults_of(prompt=args.prompt), **decoding)
         except BlipError as e:
             failed += 1
             _fail(f"{path}: {e}")
@@ -166,11 +172,29 @@ def cmd_caption(args) -> int:
 def cmd_ask(args) -> int:
     answers = [a.strip() for a in args.answers.split(",")] if args.answers is not None else None
     _texts(the_question=args.question, an_answer=answers or [])
-    decoding = _decoding(num_beams=args.beams)
+    if args.template is not None:
+        _texts(the_template=args.template)
+    decoding = _decoding(num_beams=args.beams, **_defaults_of(max_new_tokens=args.max_new_tokens))
     m = _load(args, "vqa")
-    r = m.answer(args.image, args.question, answers=answers, **decoding)
+    if args.template is not None and m.family != "blip2":
+        raise BlipError("--template is for BLIP-2 models (their LLM reads the question through a template)")
+    r = m.answer(args.image, args.question, answers=answers, **_defaults_of(template=args.template), **decoding)
     _emit(args, {"image": str(args.image), "question": args.question, "answer": r.text,
-                 "ranked": r.ranked[:5], "timings_ms": r.timings.as_dict()}, r.text)
+                 "ranked": r.ranked[:5], "model": m.name, "timings_ms": r.timings.as_dict()}, r.text)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    _texts(the_prompt=args.prompt)
+    decoding = _decoding(num_beams=args.beams, strategy=args.strategy, max_new_tokens=args.max_new_tokens,
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    m = _load(args, "caption")
+    if m.family != "blip2":
+        raise BlipError(f"{m.name} is a BLIP model: free-form prompts need BLIP-2 (e.g. --model "
+                        "Salesforce/blip2-opt-2.7b); for captions use blip caption")
+    r = m.generate(args.image, args.prompt, **decoding)
+    _emit(args, {"image": str(args.image), "prompt": args.prompt, "text": r.text, "model": m.name,
+                 "timings_ms": r.timings.as_dict()}, r.text)
     return 0
 
 
@@ -206,6 +230,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _shape(cfg) -> str:
+    """One line of a model's architecture, whichever family."""
+    v = cfg.vision
+    vision = f"{v.image_size}px; vision {v.width}x{v.layers}"
+    if getattr(cfg, "family", "blip") == "blip2":
+        q, llm = cfg.qformer, cfg.llm
+        tail = "ITM heads" if llm is None else f"{cfg.llm_kind.upper()} {llm.width}x{llm.layers}"
+        return f"BLIP-2; {vision}, Q-Former {q.width}x{q.layers} with {q.num_queries} queries, {tail}"
+    return f"{vision}, text {cfg.text.width}x{cfg.text.layers}"
+
+
 def cmd_info(args) -> int:
     from blip_core.checkpoints import INT8_FORMAT, load_model, open_checkpoint
 
@@ -214,15 +249,11 @@ def cmd_info(args) -> int:
         from blip_core import load
 
         m = load(path, precision="int8", warmup=False)
-        cfg = m.cfg
-        print(f"{m.report.summary()}\nint8 graphs; {cfg.vision.image_size}px; vision {cfg.vision.width}x"
-              f"{cfg.vision.layers}, text {cfg.text.width}x{cfg.text.layers}")
+        print(f"{m.report.summary()}\nint8 graphs; {_shape(m.cfg)}")
         return 0
     model, _, report = load_model(path)
     n = sum(p.numel() for p in model.parameters())
-    print(f"{report.summary()}\n{n / 1e6:.1f}M parameters; {model.cfg.vision.image_size}px; "
-          f"vision {model.cfg.vision.width}x{model.cfg.vision.layers}, "
-          f"text {model.cfg.text.width}x{model.cfg.text.layers}")
+    print(f"{report.summary()}\n{n / 1e6:.1f}M parameters; {_shape(model.cfg)}")
     return 0
 
 
@@ -243,29 +274,44 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "\\xNN escapes")
 
 
+def _decoding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beams", type=int, default=1, help="beam search with N beams (1 = greedy)")
+    p.add_argument("--strategy", choices=("greedy", "beam", "nucleus"), default=None)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for nucleus sampling")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="blip", description="BLIP captioning, VQA and image-text matching on the CPU")
+    parser = _Parser(prog="blip", description="BLIP and BLIP-2 captioning, VQA and image-text matching on the CPU")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("caption", help="caption one or more images")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--prompt", default="a picture of ",
-                   help='conditional prompt (default "a picture of "; "" for none)')
-    p.add_argument("--beams", type=int, default=1, help="beam search with N beams (1 = greedy)")
-    p.add_argument("--strategy", choices=("greedy", "beam", "nucleus"), default=None)
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--min-new-tokens", type=int, default=5)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None, help="seed for nucleus sampling")
+    p.add_argument("--prompt", default=None,
+                   help='conditional prompt (default: BLIP "a picture of ", BLIP-2 none; "" for none)')
+    _decoding_arguments(p)
+    p.add_argument("--min-new-tokens", type=int, default=None, help="default: BLIP 5, BLIP-2 1")
     _common(p)
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("generate", help="BLIP-2: continue a free-form prompt about an image")
+    p.add_argument("image", type=Path)
+    p.add_argument("prompt", help='e.g. "Question: what is unusual about this? Answer:"')
+    _decoding_arguments(p)
+    _common(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("ask", help="answer a question about an image")
     p.add_argument("image", type=Path)
     p.add_argument("question")
-    p.add_argument("--answers", help="comma-separated answer list to rank instead of generating")
+    p.add_argument("--answers", help="comma-separated answer list to rank instead of generating (BLIP)")
     p.add_argument("--beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--template", default=None,
+                   help='BLIP-2: how the question is put to the LLM (default "Question: {} Answer:" for OPT, '
+                        '"Question: {} Short answer:" for Flan-T5)')
     _common(p)
     p.set_defaults(func=cmd_ask)
 

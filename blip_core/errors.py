@@ -54,3 +54,8 @@ def import_torch(what: str):
             raise  # torch is there but broken: not a user's missing install
         raise MissingTorchError(what) from e
     return torch
+
+
+class InsufficientMemoryError(BlipError):
+    """Loading a model would need more memory than the machine has available; refused up front
+    (with what would fit) instead of being killed by the kernel's OOM killer halfway."""

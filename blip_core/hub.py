@@ -17,8 +17,9 @@ from blip_core.errors import WeightsUnavailableError
 
 Progress = Callable[[float, str], None]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-OPTIONAL_FILES = ("vocab.txt", "tokenizer.json", "preprocessor_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+SHARD_INDEX = "model.safetensors.index.json"  # BLIP-2's weights come in shards it names
+OPTIONAL_FILES = ("vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "preprocessor_config.json")
 # The Salesforce checkpoint used for each task when none is named (the CLI's and the app's default).
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
@@ -70,6 +71,15 @@ def _download(repo_id: str, filename: str, local_only: bool, progress: Progress 
         return None
 
 
+def _shards(index: Path) -> list[str]:
+    """The shard file names a sharded checkpoint's index lists (checked again when opened)."""
+    from blip_core.checkpoints.sources import read_json
+
+    weight_map = read_json(index).get("weight_map")
+    names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    return [n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")]
+
+
 def fetch(repo_id: str, progress: Progress | None = None) -> Path:
     """Make ``repo_id``'s config, weights and vocab available locally; return their folder."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
@@ -87,6 +97,10 @@ def fetch(repo_id: str, progress: Progress | None = None) -> Path:
             weights = next((w for f in WEIGHT_FILES if (w := _download(repo_id, f, local_only, progress))), None)
             if weights is None:
                 continue
+            if weights.name == SHARD_INDEX:
+                missing = [n for n in _shards(weights) if _download(repo_id, n, local_only, progress) is None]
+                if missing:
+                    continue
             for name in OPTIONAL_FILES:
                 _download(repo_id, name, local_only, progress)
         except RepositoryNotFoundError as e:

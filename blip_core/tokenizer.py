@@ -147,3 +147,51 @@ class BlipTokenizer:
         full = self.decode(list(prompt_ids) + list(new_ids))
         head = self.decode(prompt_ids)
         return full[len(head):].strip() if head and full.startswith(head) else full
+
+
+class LlmTokenizer:
+    """The tokenizer of BLIP-2's language model, read from the checkpoint folder: a tokenizers
+    ``tokenizer.json`` (every Hugging Face BLIP-2 folder has one), else OPT's byte-level BPE
+    ``vocab.json`` + ``merges.txt``. Special tokens are added here, by rule, never by the file's
+    post-processor (which differs between tokenizer versions): OPT prompts start with BOS ``</s>``;
+    T5 inputs end with EOS ``</s>``."""
+
+    def __init__(self, folder: str | Path, kind: str, bos_id: int | None, eos_id: int, vocab_size: int):
+        self.folder = Path(folder)
+        self.kind = kind
+        self._tok = self._read(self.folder)
+        self.bos_id, self.eos_id = bos_id, eos_id
+        size = self._tok.get_vocab_size(with_added_tokens=True)
+        if size > vocab_size:
+            raise CheckpointError(f"the tokenizer in {self.folder} has {size} tokens but the language model's "
+                                  f"embeddings only {vocab_size}; the tokenizer belongs to another model")
+
+    @staticmethod
+    def _read(folder: Path) -> Tokenizer:
+        try:
+            if (folder / "tokenizer.json").is_file():
+                return Tokenizer.from_file(str(folder / "tokenizer.json"))
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                from tokenizers import ByteLevelBPETokenizer
+
+                bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+                return bpe._tokenizer
+        except Exception as e:  # tokenizers raises its own exception type for a garbled file
+            raise CheckpointError(f"cannot read the tokenizer in {folder}: {str(e)[:200]}; download the model "
+                                  "again") from e
+        raise CheckpointError(f"{folder} has no tokenizer.json (nor vocab.json + merges.txt) for its language "
+                              "model; copy the model's tokenizer files next to its weights")
+
+    def tokens(self, text: str) -> list[int]:
+        require_text(text)
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """What the LLM reads after the visual prefix: OPT ``</s> prompt``; T5 ``prompt </s>``."""
+        if self.kind == "t5":
+            return self.tokens(prompt) + [self.eos_id]
+        return [self.bos_id] + self.tokens(prompt)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        specials = {self.bos_id, self.eos_id}
+        return self._tok.decode([i for i in ids if i not in specials], skip_special_tokens=True).strip()

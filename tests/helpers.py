@@ -64,3 +64,84 @@ def save_hf(model, folder: Path) -> Path:
 def random_pixels(batch=1, size=32, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=g)
+
+
+# --------------------------------------------------------------------------- BLIP-2
+# ~1/sqrt(width): std 0.02 is unit gain at BERT's width 768, but at width 32 it leaves attention
+# uniform and outputs almost independent of the input, so a wrong mask or FFN could pass parity
+BLIP2_WEIGHT_STD = 0.2
+BLIP2_WORDS = ("a photo of the red blue green circle square dog cat on in with and is what colour "
+               "question answer short : ? . it there two one").split()
+
+
+def reinit_(model: torch.nn.Module, seed: int = 0, std: float = BLIP2_WEIGHT_STD) -> None:
+    """Every parameter redrawn from a seeded generator: transformers' own init (vision std 1e-10,
+    zero query tokens, unit norms) would let parity pass trivially."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            elif p.dim() == 1:  # LayerNorm / RMSNorm scales
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(std * noise)
+
+
+def tiny_llm_tokenizer(folder: Path, kind: str) -> Path:
+    """A word-level tokenizer.json in the LLM's id layout (OPT: <s> 0, <pad> 1, </s> 2; T5: <pad> 0,
+    </s> 1), written where ``LlmTokenizer`` looks for it."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"] if kind == "opt" else ["<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + list(BLIP2_WORDS))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(specials)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def tiny_blip2_hf(kind: str, seed: int = 0, queries: int = 6, vocab: int = 64):
+    """A transformers BLIP-2 with tiny random weights: ``kind`` opt or t5 (Blip2ForConditionalGeneration)
+    or itm (Blip2ForImageTextRetrieval); image 32 px, widths 32, two layers everywhere."""
+    import transformers
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8, layer_norm_eps=1e-6)
+    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   cross_attention_frequency=1 if kind == "t5" else 2, encoder_hidden_size=32,
+                   max_position_embeddings=64, use_qformer_text_input=kind == "itm",
+                   vocab_size=30523 if kind == "itm" else 30522)
+    if kind == "opt":
+        text = transformers.OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                      num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                      pad_token_id=1, bos_token_id=2, eos_token_id=2).to_dict()
+    elif kind == "t5":
+        text = transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                     feed_forward_proj="gated-gelu", dense_act_fn="gelu", pad_token_id=0,
+                                     eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False).to_dict()
+    else:
+        text = None
+    cfg = transformers.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
+                                   num_query_tokens=queries, image_text_hidden_size=16,
+                                   image_token_index=None if kind == "itm" else vocab - 1)
+    cls = transformers.Blip2ForImageTextRetrieval if kind == "itm" else transformers.Blip2ForConditionalGeneration
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    reinit_(model, seed)
+    return model
+
+
+def save_blip2_hf(model, folder: Path, kind: str) -> Path:
+    """``model`` saved with save_pretrained, with its tokenizer (BERT's vocab.txt for the ITM model)."""
+    model.save_pretrained(folder)
+    if kind == "itm":
+        shutil.copy(BERT_VOCAB, folder / "vocab.txt")
+    else:
+        tiny_llm_tokenizer(folder, kind)
+    return folder

@@ -13,11 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from blip_core.checkpoints.keymaps import IGNORE_RULES
 from blip_core.checkpoints.opening import INT8_FORMAT, Checkpoint, open_checkpoint, restrict_tasks
-from blip_core.checkpoints.report import LoadReport
+from blip_core.checkpoints.vocab import tokenizer_for
 from blip_core.errors import CheckpointError
-from blip_core.tokenizer import BlipTokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +39,7 @@ def rename_map(ck: Checkpoint) -> dict[str, str]:
         if ours is not None:
             out[ours] = key
             continue
-        reason = next((r for rx, r in IGNORE_RULES if rx.search(key)), None)
+        reason = next((r for rx, r in ck.ignored_keys if rx.search(key)), None)
         if reason:
             report.ignored[key] = reason
         else:
@@ -121,7 +119,12 @@ def meta_model(ck: Checkpoint) -> tuple[BlipModel, dict[str, str]]:
     report = ck.report
     rename = rename_map(ck)
     with torch.device("meta"):
-        model = BlipModel(ck.cfg)
+        if ck.family == "blip2":
+            from blip_core.model.blip2 import Blip2Model
+
+            model = Blip2Model(ck.cfg)
+        else:
+            model = BlipModel(ck.cfg)
     wanted = model.state_dict(keep_vars=True)
     for ours, src in rename.items():
         if ours not in wanted:
@@ -155,11 +158,8 @@ def materialize(ck: Checkpoint, tasks: tuple[str, ...] | None = None) -> BlipMod
     return model.eval()
 
 
-def load_model(path: str | os.PathLike,
-               tasks: tuple[str, ...] | None = None) -> tuple[BlipModel, BlipTokenizer, LoadReport]:
+def load_model(path: str | os.PathLike, tasks: tuple[str, ...] | None = None):
     """The model at ``path`` (``tasks``: all of the checkpoint's when None), its tokenizer, the report."""
     ck = open_checkpoint(path)
     model = materialize(ck, tasks)
-    tokenizer = BlipTokenizer(ck.vocab)
-    tokenizer.check_model(ck.cfg.text)
-    return model, tokenizer, ck.report
+    return model, tokenizer_for(ck), ck.report

@@ -11,7 +11,7 @@ from blip_core.checkpoints.atomic import atomic_file
 from blip_core.checkpoints.sources import read_json
 from blip_core.errors import CheckpointError
 from blip_core.model.config import BlipConfig, TextConfig
-from blip_core.tokenizer import BERT_VOCAB
+from blip_core.tokenizer import BERT_VOCAB, BlipTokenizer, LlmTokenizer
 
 
 def vocab_for(folder: Path, cfg: BlipConfig) -> Path:
@@ -49,3 +49,17 @@ def _tokenizer_json_vocab(path: Path) -> dict[str, int]:
         raise CheckpointError(f"{path}: model.vocab must be an object of token ids; put the model's vocab.txt "
                               "next to it instead")
     return vocab
+
+
+def tokenizer_for(ck) -> BlipTokenizer | LlmTokenizer:
+    """The tokenizer of an opened checkpoint ``ck`` (``opening.Checkpoint``), checked against its
+    model: BLIP's WordPiece with [DEC]/[ENC]; BLIP-2's LLM tokenizer (OPT or Flan-T5), or BERT's
+    WordPiece for the ITM model's Q-Former."""
+    if ck.family != "blip2":
+        tokenizer = BlipTokenizer(ck.vocab)
+        tokenizer.check_model(ck.cfg.text)
+        return tokenizer
+    cfg = ck.cfg
+    if cfg.llm is None:
+        return BlipTokenizer(ck.vocab / "vocab.txt" if (ck.vocab / "vocab.txt").is_file() else BERT_VOCAB)
+    return LlmTokenizer(ck.vocab, cfg.llm_kind, getattr(cfg.llm, "bos_id", None), cfg.llm.eos_id, cfg.llm.vocab_size)

@@ -93,3 +93,31 @@ class Blip2Model(nn.Module):
         of ``itm_head``."""
         h = self.qformer.multimodal(image_embeds, ids, mask)[:, : self.cfg.qformer.num_queries]
         return self.itm_head(h).mean(1)
+
+    # ------------------------------------------------ what the API drives (api_blip2.Blip2)
+    # The int8 engine (int8.runtime_blip2.OrtBlip2Model) has the same five methods on numpy arrays.
+    def encode_frame(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, S, S] -> per-image features: the soft prompt [B, Q, llm_width] of a model
+        with an LLM, the image tokens [B, N, Dv] the ITM model's Q-Former reads."""
+        image = self.encode_image(pixels)
+        return image if self.cfg.llm is None else self.soft_prompt(image)
+
+    def llm_prefix(self, soft: torch.Tensor):
+        """OPT: the LLM's keys/values over the soft prompt [1, Q, D], computed once per image."""
+        return self.language_model.prefix(soft)
+
+    def encode_prompt(self, soft: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Flan-T5: [soft prompt; prompt ids [1, T]] through the encoder -> states [1, Q + T, D]."""
+        lm = self.language_model
+        return lm.encode(torch.cat([soft, lm.embed(ids)], dim=1))
+
+    def llm_session(self, state):
+        """A step decoder (``generation.StepDecoder``) after the visual prefix: OPT from its
+        ``llm_prefix``, Flan-T5 over its ``encode_prompt`` states."""
+        if self.cfg.llm_kind == "opt":
+            from blip_core.model.opt import OptSession
+
+            return OptSession(self.language_model, state)
+        from blip_core.model.t5 import T5Session
+
+        return T5Session(self.language_model, state)

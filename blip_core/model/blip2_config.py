@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Union
 
 from blip_core.errors import CheckpointError
-from blip_core.model.config import MISSING, MAX_GRID, VisionConfig, as_object, invalid
+from blip_core.model.config import MAX_GRID, MISSING, VisionConfig, as_object, invalid
 
 BLIP2_TASKS = ("caption", "vqa", "match")  # caption/vqa: a model with an LLM; match: the ITM model
 LLM_KINDS = ("opt", "t5")
@@ -85,7 +85,8 @@ class T5Config:
     eps: float = 1e-6
     gated: bool = True
     act: str = "gelu"  # gelu | gelu_new | relu
-    tie_embeddings: bool = False  # tied: shared embeddings as LM head, outputs scaled by width**-0.5
+    tie_embeddings: bool = False  # the shared embeddings are the LM head (no lm_head of its own)
+    scale_outputs: bool = False  # hidden states scaled by width**-0.5 before a tied head (original T5)
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0

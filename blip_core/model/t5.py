@@ -250,7 +250,8 @@ class T5LM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., width] -> [..., V]."""
         if self.lm_head is None:
-            return F.linear(hidden * self.cfg.width**-0.5, self.shared.weight)
+            scale = self.cfg.width**-0.5 if self.cfg.scale_outputs else 1.0
+            return F.linear(hidden * scale, self.shared.weight)
         return self.lm_head(hidden)
 
 

@@ -19,8 +19,14 @@ NEEDS_TORCH = {
     "blip_core.model.blip",
     "blip_core.model.text",
     "blip_core.model.vision",
+    "blip_core.model.blip2",
+    "blip_core.model.qformer",
+    "blip_core.model.opt",
+    "blip_core.model.t5",
     "blip_core.int8.convert",
     "blip_core.int8.graphs",
+    "blip_core.int8.convert_blip2",
+    "blip_core.int8.graphs_blip2",
 }
 
 

@@ -1,0 +1,138 @@
+"""BLIP-2 through the public API and the CLI: ``blip_core.load`` picks the family from a Hugging Face
+BLIP-2 folder (tiny random weights saved by transformers), and captions, free-form generations,
+answers and matches equal transformers' on the same weights and the same pixels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import blip_core
+from blip_core import cli
+from blip_core.api_blip2 import Blip2
+from blip_core.errors import BadInputError, CheckpointError, InsufficientMemoryError, WrongTaskError
+from blip_core.preprocess import pixel_array
+from tests.helpers import save_blip2_hf, tiny_blip2_hf
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def blip2(tmp_path_factory):
+    """kind -> (transformers model, its saved folder, our loaded model)."""
+    root = tmp_path_factory.mktemp("blip2")
+    out = {}
+    for seed, kind in enumerate(("opt", "t5", "itm")):
+        hf = tiny_blip2_hf(kind, seed=seed)
+        folder = save_blip2_hf(hf, root / kind, kind)
+        out[kind] = (hf, folder, blip_core.load(folder))
+    return out
+
+
+def hf_continuation(hf, kind: str, image, prompt_ids: list[int], num_beams: int, max_new: int = 8) -> tuple:
+    """transformers' new tokens for ``prompt_ids`` after the image (placeholders first, as its processor does)."""
+    pixels = torch.from_numpy(pixel_array(image, 32))
+    ids = torch.tensor([[hf.config.image_token_index] * hf.config.num_query_tokens + prompt_ids])
+    eos = hf.config.text_config.eos_token_id
+    out = hf.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                      num_beams=num_beams, max_new_tokens=max_new, min_new_tokens=1, eos_token_id=eos,
+                      pad_token_id=hf.config.text_config.pad_token_id)[0].tolist()
+    new = out[ids.shape[1]:] if kind == "opt" else out[1:]  # decoder-only returns the input too; T5 its start id
+    return tuple(new[: new.index(eos) + 1] if eos in new else new)
+
+
+def test_load_picks_the_family_and_reports(blip2):
+    for kind in ("opt", "t5", "itm"):
+        m = blip2[kind][2]
+        assert isinstance(m, Blip2) and m.family == "blip2"
+        assert m.report.format == "hf-blip2" and not m.report.missing and not m.report.unexpected
+    assert blip2["opt"][2].tasks == {"caption", "vqa"} and blip2["itm"][2].tasks == {"match"}
+
+
+@pytest.mark.parametrize("kind", ["opt", "t5"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_caption_and_generate_equal_transformers(blip2, images, kind, num_beams):
+    hf, _, m = blip2[kind]
+    for image in images[:2]:
+        for prompt in ("", "a photo of"):
+            r = m.caption(image, prompt=prompt, max_new_tokens=8, min_new_tokens=1, num_beams=num_beams)
+            assert r.token_ids == hf_continuation(hf, kind, image, m.tokenizer.prompt_ids(prompt), num_beams)
+            assert r.prompt == prompt and r.timings.vision_ms > 0
+    # different images give different captions: the image reaches the LLM
+    texts = {m.caption(image, max_new_tokens=8).token_ids for image in images}
+    assert len(texts) > 1
+
+
+@pytest.mark.parametrize("kind", ["opt", "t5"])
+def test_answer_uses_the_template_and_reuses_the_frame(blip2, images, kind):
+    hf, _, m = blip2[kind]
+    f = m.encode_image(images[0])
+    a = m.answer(f, "what colour is the dog ?", max_new_tokens=6)
+    template = {"opt": "Question: {} Answer:", "t5": "Question: {} Short answer:"}[kind]
+    g = m.generate(f, template.format("what colour is the dog ?"), max_new_tokens=6, length_penalty=0.0)
+    assert a.token_ids == g.token_ids
+    assert a.token_ids == hf_continuation(hf, kind, images[0], m.tokenizer.prompt_ids(template.format(
+        "what colour is the dog ?")), 1, max_new=6)
+    assert a.timings.vision_ms == 0  # the frame was encoded once
+    if kind == "opt":  # the LLM's keys/values over the visual prefix: computed once, reused by a follow-up
+        prefix = f.cache["prefix"]
+        b = m.answer(f, "what is it ?", max_new_tokens=6)
+        assert f.cache["prefix"] is prefix
+        assert b.token_ids == m.answer(images[0], "what is it ?", max_new_tokens=6).token_ids
+    custom = m.answer(f, "what is it ?", template="Q: {} A:", max_new_tokens=6)
+    assert custom.token_ids == m.generate(f, "Q: what is it ? A:", max_new_tokens=6, length_penalty=0.0).token_ids
+    with pytest.raises(BadInputError, match="exactly one"):
+        m.answer(f, "what?", template="no placeholder")
+    with pytest.raises(BadInputError, match="empty"):
+        m.answer(f, "  ")
+
+
+def test_match_equals_transformers_retrieval(blip2, images):
+    hf, _, m = blip2["itm"]
+    texts = ["a red circle", "two dogs on the square", "a cat"]
+    res = m.match(images[1], texts)
+    ids, mask = m.tokenizer(texts, first="cls", max_length=35)
+    pixels = torch.from_numpy(pixel_array(images[1], 32)).expand(len(texts), -1, -1, -1)
+    with torch.no_grad():
+        itm = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask, use_image_text_matching_head=True)
+        itc = hf(pixel_values=pixels[:1], input_ids=ids, attention_mask=mask, use_image_text_matching_head=False)
+    prob = itm.logits_per_image.softmax(-1)[:, 1]
+    np.testing.assert_allclose([r.itm for r in res], prob.numpy(), atol=1e-4)
+    np.testing.assert_allclose([r.itc for r in res], itc.logits_per_image[0].numpy(), atol=1e-4)
+    assert np.ptp([r.itm for r in res]) > 1e-3  # the texts are told apart
+    with pytest.raises(WrongTaskError, match="matching model"):
+        m.generate(images[0], "a photo of")
+
+
+def test_a_load_that_cannot_fit_is_refused_up_front(blip2, monkeypatch):
+    folder = blip2["opt"][1]
+    monkeypatch.setattr("blip_core.resources.mem_available", lambda: 1000)
+    with pytest.raises(InsufficientMemoryError, match=r"needs about .* GB of memory in fp32 but only 0\.0 GB"):
+        blip_core.load(folder)
+
+
+def test_bad_config_is_refused_before_allocation(blip2, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(blip2["opt"][1], tmp_path / "bad")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["text_config"]["num_attention_heads"] = 10**9
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"text_config\.num_attention_heads must be an integer"):
+        blip_core.load(folder)
+
+
+def test_cli_asks_generates_and_describes_blip2(blip2, images, capsys):
+    folder = str(blip2["opt"][1])
+    assert cli.main(["ask", "--model", folder, str(images[0]), "what is it ?", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["answer"] == blip2["opt"][2].answer(images[0], "what is it ?").text
+    assert cli.main(["generate", "--model", folder, str(images[0]), "Question: what is it ? Answer:",
+                     "--max-new-tokens", "5"]) == 0
+    assert cli.main(["info", folder]) == 0
+    assert "BLIP-2" in capsys.readouterr().out
+    assert cli.main(["ask", "--model", folder, str(images[0]), "what?", "--answers", "red,blue"]) == 2
+    assert "rank mode" in capsys.readouterr().err
