@@ -106,20 +106,20 @@ def tiny_llm_tokenizer(folder: Path, kind: str) -> Path:
     return folder
 
 
-def tiny_blip2_hf(kind: str, seed: int = 0, queries: int = 6, vocab: int = 64):
+def tiny_blip2_hf(kind: str, seed: int = 0, queries: int = 6, vocab: int = 64, width: int = 32, heads: int = 4):
     """A transformers BLIP-2 with tiny random weights: ``kind`` opt or t5 (Blip2ForConditionalGeneration)
-    or itm (Blip2ForImageTextRetrieval); image 32 px, widths 32, two layers everywhere."""
+    or itm (Blip2ForImageTextRetrieval); image 32 px, ``width`` and ``heads`` everywhere, two layers."""
     import transformers
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8, layer_norm_eps=1e-6)
-    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                   cross_attention_frequency=1 if kind == "t5" else 2, encoder_hidden_size=32,
+    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=heads,
+                  image_size=32, patch_size=8, layer_norm_eps=1e-6)
+    qformer = dict(hidden_size=width, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=2 * width,
+                   cross_attention_frequency=1 if kind == "t5" else 2, encoder_hidden_size=width,
                    max_position_embeddings=64, use_qformer_text_input=kind == "itm",
                    vocab_size=30523 if kind == "itm" else 30522)
     if kind == "opt":
-        text = transformers.OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                                      num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+        text = transformers.OPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=2, ffn_dim=2 * width,
+                                      num_attention_heads=heads, max_position_embeddings=64, word_embed_proj_dim=width,
                                       pad_token_id=1, bos_token_id=2, eos_token_id=2).to_dict()
     elif kind == "t5":
         text = transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
@@ -145,3 +145,43 @@ def save_blip2_hf(model, folder: Path, kind: str) -> Path:
     else:
         tiny_llm_tokenizer(folder, kind)
     return folder
+
+
+LAVIS_RENAMES = [  # transformers' BLIP-2 names -> LAVIS's, written out apart from our key maps
+    (r"^vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
+    (r"^vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm([12])\.", r"visual_encoder.blocks.\1.norm\2."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
+    (r"^vision_model\.post_layernorm\.", "ln_vision."),
+    (r"^embeddings\.", "Qformer.bert.embeddings."),
+    (r"^qformer\.layernorm\.", "Qformer.bert.embeddings.LayerNorm."),
+    (r"^qformer\.encoder\.layer\.(\d+)\.(attention|crossattention)\.attention\.",
+     r"Qformer.bert.encoder.layer.\1.\2.self."),
+    (r"^qformer\.encoder\.", "Qformer.bert.encoder."),
+    (r"^vision_projection\.", "vision_proj."),
+    (r"^text_projection\.", "text_proj."),
+]
+
+
+def lavis_names(hf_sd: dict, llm: str | None = None) -> dict:
+    """A LAVIS-layout state dict of ``hf_sd``: each fused qkv bias split into q_bias / v_bias (LAVIS
+    has no key bias); ``llm`` (opt or t5) names the LLM and its projection as LAVIS does."""
+    import re
+
+    renames = LAVIS_RENAMES + ([(r"^language_projection\.", f"{llm}_proj."), (r"^language_model\.", f"{llm}_model.")]
+                               if llm else [])
+    out = {}
+    for key, value in hf_sd.items():
+        for rx, repl in renames:
+            key, n = re.subn(rx, repl, key)
+            if n:
+                break
+        if key.endswith(".attn.qkv.bias"):
+            q, _, v = value.chunk(3)
+            out[key.replace("qkv.bias", "q_bias")], out[key.replace("qkv.bias", "v_bias")] = q, v
+        else:
+            out[key] = value
+    return out

@@ -136,3 +136,28 @@ def test_cli_asks_generates_and_describes_blip2(blip2, images, capsys):
     assert "BLIP-2" in capsys.readouterr().out
     assert cli.main(["ask", "--model", folder, str(images[0]), "what?", "--answers", "red,blue"]) == 2
     assert "rank mode" in capsys.readouterr().err
+
+
+def test_a_lavis_pth_of_the_same_weights_loads_to_the_same_captions(tmp_path, images):
+    """LAVIS's layout (``visual_encoder.*`` with q/v biases apart, ``Qformer.bert.*``, ``ln_vision``,
+    ``opt_proj``, ``opt_model.*``), architecture inferred from the shapes; 64-wide heads, the width
+    LAVIS's own models use for every part whose head count a shape cannot tell."""
+    from tests.helpers import lavis_names
+
+    hf = tiny_blip2_hf("opt", seed=5, width=64, heads=1)
+    folder = save_blip2_hf(hf, tmp_path / "hf", "opt")
+    pth = folder / "blip2_opt.pth"
+    torch.save({"model": lavis_names(hf.state_dict(), "opt"), "config": {"model": {"arch": "blip2_opt"}}}, pth)
+    from_hf, from_lavis = blip_core.load(folder), blip_core.load(pth)
+    assert from_lavis.report.format == "lavis-blip2" and not from_lavis.report.missing
+    assert from_lavis.cfg.vision == from_hf.cfg.vision and from_lavis.cfg.llm == from_hf.cfg.llm
+    shape = lambda q: (q.width, q.layers, q.heads, q.mlp_dim, q.cross_every, q.num_queries)  # noqa: E731
+    assert shape(from_lavis.cfg.qformer) == shape(from_hf.cfg.qformer)
+    for image in images[:2]:
+        a, b = from_hf.caption(image, max_new_tokens=8), from_lavis.caption(image, max_new_tokens=8, num_beams=1)
+        assert a.token_ids == b.token_ids
+    # a stage-1/2 file without the frozen parts is refused with what to load instead
+    bare = {k: v for k, v in lavis_names(hf.state_dict(), "opt").items() if not k.startswith("visual_encoder.")}
+    torch.save({"model": bare}, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="holds no image encoder"):
+        blip_core.load(tmp_path / "bare.pth")

@@ -191,7 +191,8 @@ def t5_pair(variant: str, seed: int = 0, eos_id: int = 1):
     v = T5_VARIANTS[variant]
     # d_kv * heads (24) != width (32); 8 buckets up to distance 20 so the log-spaced buckets are used
     cfg = T5Config(vocab_size=V, width=32, kv_dim=6, heads=4, ffn_dim=64, layers=3, decoder_layers=2, buckets=8,
-                   max_distance=20, gated=v["gated"], act=v["act"], tie_embeddings=v["tie"], scale_outputs=v["tie"], eos_id=eos_id)
+                   max_distance=20, gated=v["gated"], act=v["act"], tie_embeddings=v["tie"], scale_outputs=v["tie"],
+                   eos_id=eos_id)
     hf_cfg = transformers.T5Config(
         vocab_size=V, d_model=32, d_kv=6, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=2,
         relative_attention_num_buckets=8, relative_attention_max_distance=20, feed_forward_proj=v["ff"],

@@ -5,7 +5,6 @@ and the Q-Former's ITG mask."""
 from __future__ import annotations
 
 import importlib.util
-import re
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from blip_core.model.blip2 import Blip2Model
 from blip_core.model.blip2_config import Blip2Config, OptConfig, QFormerConfig, T5Config
 from blip_core.model.config import VisionConfig
 from blip_core.model.qformer import itg_mask
+from tests.helpers import lavis_names
 
 transformers = pytest.importorskip("transformers")
 
@@ -179,40 +179,10 @@ def test_itm_matches_transformers_and_broadcasts_one_image(itm):
 
 
 # ----------------------------------------------------------------------- LAVIS names
-LAVIS_RENAMES = [
-    (r"^vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
-    (r"^vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
-    (r"^vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm([12])\.", r"visual_encoder.blocks.\1.norm\2."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
-    (r"^vision_model\.post_layernorm\.", "ln_vision."),
-    (r"^embeddings\.", "Qformer.bert.embeddings."),
-    (r"^qformer\.layernorm\.", "Qformer.bert.embeddings.LayerNorm."),
-    (r"^qformer\.encoder\.layer\.(\d+)\.(attention|crossattention)\.attention\.",
-     r"Qformer.bert.encoder.layer.\1.\2.self."),
-    (r"^qformer\.encoder\.", "Qformer.bert.encoder."),
-    (r"^vision_projection\.", "vision_proj."),
-    (r"^text_projection\.", "text_proj."),
-]
-
-
 def lavis_state_dict(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers names -> LAVIS names written out independently of our key maps; each fused qkv
-    bias split into q_bias / v_bias (LAVIS has no key bias: it cancels in the softmax anyway)."""
-    out = {}
-    for key, value in hf_sd.items():
-        for rx, repl in LAVIS_RENAMES:
-            key, n = re.subn(rx, repl, key)
-            if n:
-                break
-        if key.endswith(".attn.qkv.bias"):
-            q, _, v = value.chunk(3)
-            out[key.replace("qkv.bias", "q_bias")], out[key.replace("qkv.bias", "v_bias")] = q, v
-        else:
-            out[key] = value
-    # what a LAVIS stage-1 file carries besides: the temperature, the ITG head, position ids
+    """The LAVIS names of ``hf_sd`` plus what a LAVIS stage-1 file carries besides: the
+    temperature, the ITG head, position ids."""
+    out = lavis_names(hf_sd)
     out["temp"] = torch.tensor(0.07)
     out["Qformer.bert.embeddings.position_ids"] = torch.arange(64)[None]
     out["Qformer.cls.predictions.bias"] = torch.zeros(VOCAB)
