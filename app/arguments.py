@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-model", metavar="ID_OR_PATH",
                    help=f"caption checkpoint (default: {DEFAULT_CAPTION_MODEL})")
     p.add_argument("--vqa-model", metavar="ID_OR_PATH",
-                   help=f"question-answering checkpoint, or 'none' (default: {DEFAULT_VQA_MODEL}; "
-                        "unused when the caption model answers too)")
+                   help=f"question-answering checkpoint: BLIP VQA or BLIP-2 (e.g. Salesforce/blip2-opt-2.7b, "
+                        "which answers open questions while BLIP keeps captioning live), or 'none' "
+                        f"(default: {DEFAULT_VQA_MODEL}; unused when the caption model answers too)")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
                    help="weights: int8 (fast on CPU, default) or fp32")
     p.add_argument("--threads", type=int, metavar="N",

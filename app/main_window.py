@@ -38,7 +38,7 @@ from app.snapshots import SnapshotRecord
 from app.sources import FrameSource, make_source
 from app.sources.base import Frame
 from app.widgets.controls import CaptionControls
-from app.widgets.overlay import OverlayState
+from app.widgets.overlay import OverlayState, answer_line
 from app.widgets.plain_text import plain_label
 from app.widgets.preview import PreviewWidget
 from app.widgets.question_panel import QuestionPanel
@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self.last_caption: CaptionOutcome | None = None
         self.captions: OrderedDict[int, CaptionOutcome] = OrderedDict()
         self.history = QAHistory()
+        self.last_answer_line = ""  # the overlay's answer line, once a question was answered
         self.captions_shown = 0
         self.load_message = "loading models…"
         self.browser: SnapshotBrowser | None = None
@@ -354,7 +355,7 @@ class MainWindow(QMainWindow):
                                 precision=model.precision if model else "", status=status)
         t = c.timings
         return OverlayState(c.text, t.vision_ms, t.decode_ms, t.total_ms, c.tokens_per_s, fps, short_name(c.model),
-                            c.precision, status)
+                            c.precision, status, self.last_answer_line)
 
     def _refresh_overlay(self) -> None:
         self.preview.set_overlay(self.overlay_state())
@@ -444,12 +445,17 @@ class MainWindow(QMainWindow):
     def _on_answer_ready(self, outcome: AnswerOutcome) -> None:
         entry = outcome.tag
         if entry is not None:
+            entry.model = short_name(outcome.model)
             if outcome.result is not None:
                 entry.answer = outcome.result.text
                 entry.total_ms = outcome.timings.total_ms
                 entry.reused_features = outcome.reused_features
             else:
                 entry.error = outcome.error
+        if outcome.result is not None:
+            self.last_answer_line = answer_line(outcome.question, outcome.result.text, short_name(outcome.model),
+                                                outcome.timings.total_ms)
+            self._refresh_overlay()
         self.questions.show_history(self.history, latest=entry)
         self.answer_shown.emit(outcome)
 

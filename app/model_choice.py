@@ -137,13 +137,14 @@ def load_captioner(req: ModelRequest, loader: Loader, progress: Progress | None 
 def load_answerer(req: ModelRequest, models: LoadedModels, loader: Loader, progress: Progress | None = None,
                   demo_path: Callable[[], Path | None] | None = None) -> LoadedModels:
     """Add the question model to ``models``: the caption model itself when it can answer (shared
-    features), else ``req.vqa``. Failures become notices: captions keep working without questions."""
+    features) unless another question model was named (BLIP-2 answering beside BLIP), else ``req.vqa``. Failures become notices: captions keep working without questions."""
     from blip_core.errors import BlipError, WeightsUnavailableError
 
     if demo_path is None:  # looked up per call, so tests can monkeypatch it
         demo_path = demo_model_path
     captioner = models.captioner
-    if "vqa" in captioner.tasks:
+    chosen = req.vqa and req.vqa not in (req.caption, DEFAULT_VQA_MODEL)  # e.g. a BLIP-2 asked for by name
+    if "vqa" in captioner.tasks and not chosen:
         models.answerer = captioner
         return models
     if not req.vqa or (models.used_demo and req.vqa == DEFAULT_VQA_MODEL) or req.vqa == req.caption:

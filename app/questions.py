@@ -35,6 +35,7 @@ class QAEntry:
     total_ms: float = 0.0
     reused_features: bool = False
     error: str = ""
+    model: str = ""  # which model answered (BLIP-2 may answer while BLIP captions)
 
     @property
     def pending(self) -> bool:
@@ -42,7 +43,8 @@ class QAEntry:
 
     def as_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "total_ms": round(self.total_ms, 1),
-                "reused_features": self.reused_features, **({"error": self.error} if self.error else {})}
+                "reused_features": self.reused_features, **({"model": self.model} if self.model else {}),
+                **({"error": self.error} if self.error else {})}
 
 
 @dataclass

@@ -432,7 +432,8 @@ def sidecar_fields(data: object) -> dict:
     return fields
 
 
-_QA_TYPES = {"question": str, "answer": (str, type(None)), "total_ms": float, "reused_features": bool, "error": str}
+_QA_TYPES = {"question": str, "answer": (str, type(None)), "total_ms": float, "reused_features": bool, "error": str,
+             "model": str}
 
 
 def _qa_item(item: object, where: str) -> dict:

@@ -29,11 +29,20 @@ class OverlayState:
     model: str = ""
     precision: str = ""
     status: str = ""  # e.g. "paused", "loading caption model 40%"
+    answer: str = ""  # the latest answer: which model gave it and how long it took
+
+
+def answer_line(question: str, answer: str, model: str, total_ms: float) -> str:
+    """The overlay's answer line: the question, the answer, the model that answered and its time
+    (a BLIP-2 answer takes seconds while BLIP captions every fraction of one: say which is which)."""
+    return f"Q: {question} → {answer} · {model}, {total_ms / 1000:.1f} s"
 
 
 def overlay_lines(state: OverlayState) -> list[str]:
     """The overlay's text, top to bottom: caption, timings, camera + model, status."""
     lines = [state.caption or WAITING]
+    if state.answer:
+        lines.append(state.answer)
     if state.total_ms is not None:
         lines.append(f"vision {state.vision_ms or 0:.0f} ms · decode {state.decode_ms or 0:.0f} ms · "
                      f"total {state.total_ms:.0f} ms · {state.tokens_per_s or 0:.1f} tok/s")

@@ -30,7 +30,8 @@ def format_answer(entry: QAEntry) -> str:
     if entry.pending:
         return "…thinking"
     reuse = ", features reused" if entry.reused_features else ""
-    return f"{entry.answer}  ({entry.total_ms:.0f} ms{reuse})"
+    model = f"{entry.model}, " if entry.model else ""
+    return f"{entry.answer}  ({model}{entry.total_ms:.0f} ms{reuse})"
 
 
 class QuestionPanel(QGroupBox):

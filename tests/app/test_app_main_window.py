@@ -203,7 +203,8 @@ def test_snapshot_key_writes_jpeg_with_exif_and_sidecar(qtbot, make_window, sett
     name = window.models.captioner.name
     assert data["model"] == name and data["precision"] == "int8" and data["vqa_model"] == window.models.answerer.name
     assert data["qa"] == [{"question": "what colour is it?", "answer": answer.result.text,
-                           "total_ms": round(answer.timings.total_ms, 1), "reused_features": True}]
+                           "total_ms": round(answer.timings.total_ms, 1), "reused_features": True,
+                           "model": short_name(window.models.answerer.name)}]
     assert set(data["timings"]) >= {"vision_ms", "decode_ms", "total_ms"} and data["time"]
     assert data["decoding"]["strategy"] == "greedy" and data["frame"]["width"] == 64
     assert str(saved.path) in window.snapshot_label.text()
