@@ -137,7 +137,8 @@ def load_captioner(req: ModelRequest, loader: Loader, progress: Progress | None 
 def load_answerer(req: ModelRequest, models: LoadedModels, loader: Loader, progress: Progress | None = None,
                   demo_path: Callable[[], Path | None] | None = None) -> LoadedModels:
     """Add the question model to ``models``: the caption model itself when it can answer (shared
-    features) unless another question model was named (BLIP-2 answering beside BLIP), else ``req.vqa``. Failures become notices: captions keep working without questions."""
+    features) unless another question model was named (BLIP-2 answering beside BLIP), else
+    ``req.vqa``. Failures become notices: captions keep working without questions."""
     from blip_core.errors import BlipError, WeightsUnavailableError
 
     if demo_path is None:  # looked up per call, so tests can monkeypatch it
