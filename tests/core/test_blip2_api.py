@@ -161,3 +161,24 @@ def test_a_lavis_pth_of_the_same_weights_loads_to_the_same_captions(tmp_path, im
     torch.save({"model": bare}, tmp_path / "bare.pth")
     with pytest.raises(CheckpointError, match="holds no image encoder"):
         blip_core.load(tmp_path / "bare.pth")
+
+
+def test_missing_weights_are_refused_and_reported(blip2, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(blip2["t5"][1], tmp_path / "partial")
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["language_projection.weight"]
+    tensors["language_model.some_new_head.weight"] = torch.zeros(2, 2)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"lacks 1 weights of language_projection"):
+        blip_core.load(folder)
+
+
+def test_cli_refuses_a_model_that_cannot_fit_in_one_line(blip2, images, capsys, monkeypatch):
+    monkeypatch.setattr("blip_core.resources.mem_available", lambda: 10**6)
+    assert cli.main(["caption", "--model", str(blip2["opt"][1]), str(images[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs about" in err and "available" in err
