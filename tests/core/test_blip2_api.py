@@ -5,6 +5,7 @@ answers and matches equal transformers' on the same weights and the same pixels.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,32 @@ def test_cli_refuses_a_model_that_cannot_fit_in_one_line(blip2, images, capsys, 
     assert cli.main(["caption", "--model", str(blip2["opt"][1]), str(images[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs about" in err and "available" in err
+
+
+def test_a_sharded_hub_model_is_fetched_shard_by_shard_and_loads(blip2, tmp_path, monkeypatch, images):
+    """BLIP-2's hub folders come in shards named by model.safetensors.index.json: fetch downloads
+    each, and the load reads them lazily (same captions as the single-file folder)."""
+    import shutil
+
+    from blip_core import hub
+
+    hf, single, ours = blip2["opt"]
+    remote = tmp_path / "remote"
+    hf.save_pretrained(remote, max_shard_size="200KB")
+    shutil.copy(single / "tokenizer.json", remote / "tokenizer.json")
+    assert (remote / "model.safetensors.index.json").is_file() and not (remote / "model.safetensors").exists()
+    cache, asked = tmp_path / "cache", []
+
+    def download(repo_id, filename, local_only, progress):  # the hub, answered from a local folder
+        asked.append(filename)
+        if not (remote / filename).is_file():
+            return None
+        cache.mkdir(exist_ok=True)
+        return Path(shutil.copy(remote / filename, cache / filename))
+
+    monkeypatch.setattr(hub, "_download", download)
+    folder = hub.fetch("Salesforce/blip2-tiny")
+    shards = sorted(p.name for p in remote.glob("model-*.safetensors"))
+    assert len(shards) > 1 and all(s in asked for s in shards) and "tokenizer.json" in asked
+    m = blip_core.load(folder)
+    assert m.caption(images[0], max_new_tokens=6).token_ids == ours.caption(images[0], max_new_tokens=6).token_ids
