@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,8 +79,13 @@ def _check_source(source) -> str:
     return text
 
 
+OnText = Callable[[str], None]
+
+
 class Blip(LoadedModel):
     """A loaded BLIP model with its tokenizer. Thread-compatible: one call at a time per object."""
+
+    streams_text = True  # caption/answer take on_text (callers test for it: not every model does)
 
     def __repr__(self) -> str:
         return f"Blip({self.name!r}, tasks={'+'.join(self.cfg.tasks)}, {self.precision}, {self.image_size}px)"
@@ -96,9 +101,11 @@ class Blip(LoadedModel):
     def caption(self, image, prompt: str = "a picture of ", max_new_tokens: int = 20, min_new_tokens: int = 5,
                 num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9,
                 repetition_penalty: float = 1.0, num_return_sequences: int = 1,
-                seed: int | None = None) -> CaptionResult:
+                seed: int | None = None, on_text: OnText | None = None) -> CaptionResult:
         """Caption an image (or features). ``prompt`` conditions the caption and is not part of the
-        returned text; ``strategy`` defaults to beam search when ``num_beams > 1``, else greedy."""
+        returned text; ``strategy`` defaults to beam search when ``num_beams > 1``, else greedy.
+        ``on_text(text)`` streams: the caption so far after each token (see ``generation.generate``;
+        raising from it abandons the caption)."""
         self._require("caption")
         opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, top_p=top_p,
@@ -113,8 +120,9 @@ class Blip(LoadedModel):
         f, vt = self._features(image)
         t1 = time.perf_counter()
         session = self.model.decoder_session("text_decoder", self._cross_kv(f, "text_decoder"))
+        stream = None if on_text is None else lambda ids: on_text(self.tokenizer.continuation(prompt_ids, ids))
         hyps = generate(session, np.array([prompt_ids]), opts, eos_id=self.tokenizer.sep_id,
-                        pad_id=self.tokenizer.pad_id)[0]
+                        pad_id=self.tokenizer.pad_id, on_token=stream)[0]
         texts = tuple(self.tokenizer.continuation(prompt_ids, h.tokens) for h in hyps)
         timings = Timings(vt.preprocess_ms, vt.vision_ms, 0.0, elapsed_ms(t1), elapsed_ms(t0))
         return CaptionResult(texts[0], hyps[0].tokens, timings, prompt, texts)
@@ -130,9 +138,11 @@ class Blip(LoadedModel):
 
     @inference
     def answer(self, image, question: str, answers: Sequence[str] | None = None, max_new_tokens: int = 10,
-               min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None, k: int = 128) -> AnswerResult:
+               min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None, k: int = 128,
+               on_text: OnText | None = None) -> AnswerResult:
         """Answer a question about an image (or features): generated, or chosen from ``answers``
-        (BLIP's rank mode: the ``k`` answers whose first token is likeliest are scored in full)."""
+        (BLIP's rank mode: the ``k`` answers whose first token is likeliest are scored in full).
+        ``on_text(text)`` streams a generated answer as ``caption``'s does (rank mode never calls it)."""
         self._require("vqa")
         if answers is None:  # checked before any work is done
             opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
@@ -152,8 +162,9 @@ class Blip(LoadedModel):
             text, ids = ranked[0][0], tuple(self.tokenizer.tokens(ranked[0][0]))
         else:
             session = self.model.decoder_session("answer_decoder", kv, mask)
+            stream = None if on_text is None else lambda ids: on_text(self.tokenizer.decode(ids))
             hyp = generate(session, np.array([[self.tokenizer.dec_id]]), opts, eos_id=self.tokenizer.sep_id,
-                           pad_id=self.tokenizer.pad_id)[0][0]
+                           pad_id=self.tokenizer.pad_id, on_token=stream)[0][0]
             text, ids, ranked = self.tokenizer.decode(hyp.tokens), hyp.tokens, []
         timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, elapsed_ms(t2), elapsed_ms(t0))
         return AnswerResult(text, question, tuple(ids), timings, tuple(ranked))

@@ -12,7 +12,7 @@ question in its encoder beside the prefix, so only the prefix itself is shared.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class Blip2(LoadedModel):
     ``match`` with the ITM checkpoint (``Salesforce/blip2-itm-vit-g``)."""
 
     family = "blip2"
+    streams_text = True  # caption/answer/generate take on_text, as Blip's do
 
     def __repr__(self) -> str:
         what = self.cfg.llm_kind or "itm"
@@ -62,8 +63,9 @@ class Blip2(LoadedModel):
         start = np.array([[self.cfg.llm.decoder_start_id]], dtype=np.int64)
         return self.model.llm_session(states), start, ids
 
-    def _decode(self, image, prompt: str, opts: DecodingOptions):
-        """(texts best first, best token ids, timings) of ``prompt`` continued after the image."""
+    def _decode(self, image, prompt: str, opts: DecodingOptions, on_text: Callable[[str], None] | None = None):
+        """(texts best first, best token ids, timings) of ``prompt`` continued after the image;
+        ``on_text`` streams the text so far (see ``Blip.caption``)."""
         require_text(prompt, "the prompt")
         if self.cfg.llm is None:
             raise WrongTaskError(f"{self.name or 'this model'} is BLIP-2's image-text matching model: it matches "
@@ -75,7 +77,8 @@ class Blip2(LoadedModel):
         session, start, _ = self._session(f, prompt)
         t2 = time.perf_counter()
         eos = self.cfg.llm.eos_id
-        hyps = generate(session, start, opts, eos_id=eos, pad_id=self.cfg.llm.pad_id)[0]
+        stream = None if on_text is None else lambda ids: on_text(self.tokenizer.decode(ids))
+        hyps = generate(session, start, opts, eos_id=eos, pad_id=self.cfg.llm.pad_id, on_token=stream)[0]
         texts = tuple(self.tokenizer.decode(h.tokens) for h in hyps)
         timings = Timings(vt.preprocess_ms, vt.vision_ms, (t2 - t1) * 1000, elapsed_ms(t2), elapsed_ms(t0))
         return texts, hyps[0].tokens, timings
@@ -84,14 +87,15 @@ class Blip2(LoadedModel):
     def generate(self, image, prompt: str = "", max_new_tokens: int = 20, min_new_tokens: int = 1,
                  num_beams: int = 1, strategy: str | None = None, top_p: float = 0.9, temperature: float = 1.0,
                  repetition_penalty: float = 1.0, length_penalty: float = 1.0, num_return_sequences: int = 1,
-                 seed: int | None = None) -> CaptionResult:
+                 seed: int | None = None, on_text: Callable[[str], None] | None = None) -> CaptionResult:
         """Continue a free-form ``prompt`` about the image ("Question: what is unusual here? Answer:",
-        "Describe the scene in detail."); the text is what follows the prompt."""
+        "Describe the scene in detail."); the text is what follows the prompt. ``on_text`` streams
+        it (see ``Blip.caption``)."""
         opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, top_p=top_p, temperature=temperature,
                                      repetition_penalty=repetition_penalty, length_penalty=length_penalty,
                                      num_return_sequences=num_return_sequences, seed=seed)
-        texts, ids, timings = self._decode(image, prompt, opts)
+        texts, ids, timings = self._decode(image, prompt, opts, on_text)
         return CaptionResult(texts[0], ids, timings, prompt, texts)
 
     def caption(self, image, prompt: str = "", max_new_tokens: int = 20, min_new_tokens: int = 1,
@@ -105,7 +109,8 @@ class Blip2(LoadedModel):
     @inference
     def answer(self, image, question: str, answers: Sequence[str] | None = None, max_new_tokens: int = 10,
                min_new_tokens: int = 1, num_beams: int = 1, strategy: str | None = None,
-               template: str | None = None, length_penalty: float | None = None, **decoding) -> AnswerResult:
+               template: str | None = None, length_penalty: float | None = None,
+               on_text: Callable[[str], None] | None = None, **decoding) -> AnswerResult:
         """Answer an open question zero-shot through the paper's template (``answer_template``:
         "Question: {} Answer:" for OPT, "Question: {} Short answer:" for Flan-T5; ``template``
         changes it and must hold one ``{}``)."""
@@ -124,7 +129,7 @@ class Blip2(LoadedModel):
             if self.cfg.llm is not None else 1.0
         opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, length_penalty=lp, **decoding)
-        texts, ids, timings = self._decode(image, template.format(question.strip()), opts)
+        texts, ids, timings = self._decode(image, template.format(question.strip()), opts, on_text)
         return AnswerResult(texts[0], question, tuple(ids), timings)
 
     # -------------------------------------------------------------- matching

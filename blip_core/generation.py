@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -121,16 +121,25 @@ class StepDecoder(Protocol):
         row it continues (None = same order). Returns logits [R, V]."""
 
 
-def generate(decoder: StepDecoder, prompt_ids, opts: DecodingOptions, eos_id: int, pad_id: int = 0):
+OnToken = Callable[[tuple[int, ...]], None]
+
+
+def generate(decoder: StepDecoder, prompt_ids, opts: DecodingOptions, eos_id: int, pad_id: int = 0,
+             on_token: OnToken | None = None):
     """Decode after ``prompt_ids`` [B, P] (identical prompt for all images; any array, a torch
     tensor included). Returns, per image, a list of ``num_return_sequences`` Hypothesis, best first.
+
+    ``on_token(tokens)``, for streaming, is called after each step with the first image's new
+    tokens so far: greedy/nucleus its first sequence (until it ends), beam search the best running
+    beam (so a later call need not extend an earlier one). To stop decoding, raise from it: the
+    exception propagates out of ``generate`` (how a caller abandons a decode nobody needs).
 
     The strategies are numpy: an int8 model decodes without loading torch at all."""
     opts.validate()
     prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
     if opts.strategy == "beam":
-        return _beam_search(decoder, prompt_ids, opts, eos_id)
-    return _sample(decoder, prompt_ids, opts, eos_id, pad_id)
+        return _beam_search(decoder, prompt_ids, opts, eos_id, on_token)
+    return _sample(decoder, prompt_ids, opts, eos_id, pad_id, on_token)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -196,7 +205,7 @@ def _draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cum < u).sum(-1), probs.shape[1] - 1)
 
 
-def _sample(decoder, prompt_ids, opts, eos_id, pad_id):
+def _sample(decoder, prompt_ids, opts, eos_id, pad_id, on_token=None):
     B, P = prompt_ids.shape
     n = opts.num_return_sequences
     rng = np.random.default_rng(opts.seed) if opts.strategy == "nucleus" else None
@@ -214,6 +223,8 @@ def _sample(decoder, prompt_ids, opts, eos_id, pad_id):
         logp_sum += np.where(done, np.float32(0), logp)
         tok = np.where(done, pad_id, tok)
         seqs = np.concatenate([seqs, tok[:, None]], axis=1)
+        if on_token is not None and not done[0]:
+            on_token(tuple(seqs[0, P:].tolist()))
         done |= tok == eos_id
         if done.all() or t + 1 == opts.max_new_tokens:
             break
@@ -230,7 +241,7 @@ def _sample(decoder, prompt_ids, opts, eos_id, pad_id):
     return out
 
 
-def _beam_search(decoder, prompt_ids, opts, eos_id):
+def _beam_search(decoder, prompt_ids, opts, eos_id, on_token=None):
     B, P = prompt_ids.shape
     K, lp, max_new = opts.num_beams, opts.length_penalty, opts.max_new_tokens
     NEG = np.float32(-1.0e9)
@@ -268,6 +279,8 @@ def _beam_search(decoder, prompt_ids, opts, eos_id):
         rows = np.take_along_axis(src_rows, nxt, 1).reshape(-1)
         next_tok = np.take_along_axis(tok, nxt, 1).reshape(-1)
         seqs = np.concatenate([seqs[rows], next_tok[:, None]], axis=1)
+        if on_token is not None:
+            on_token(tuple(seqs[0, P:].tolist()))  # row 0: the first image's best running beam
         # early stop: can the best running beam still beat the worst finished one?
         best_possible = running[:, 0] / np.float32((t + 1) ** lp)
         worst = np.where(fin_done, fin_scores.min(axis=1, keepdims=True), NEG)
