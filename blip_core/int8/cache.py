@@ -212,6 +212,10 @@ def _load_or_convert(ck, folder: Path, threads: int, progress) -> tuple[OrtModel
 
 def _open_graphs(cfg: BlipConfig, folder: Path, threads: int, hint: str = "") -> OrtModel:
     try:
+        if getattr(cfg, "family", "blip") == "blip2":
+            from blip_core.int8.runtime_blip2 import OrtBlip2Model
+
+            return OrtBlip2Model(cfg, folder, threads)
         return OrtModel(cfg, folder, threads)
     except MemoryError:
         raise
@@ -222,7 +226,10 @@ def _open_graphs(cfg: BlipConfig, folder: Path, threads: int, hint: str = "") ->
 def _convert(ck, folder: Path, progress) -> None:
     log.info("converting %s to int8 (once) in %s", ck.report.source, folder)
     import_torch(f"converting {ck.report.source} to int8 (once)")
-    from blip_core.int8.convert import convert
+    if ck.family == "blip2":
+        from blip_core.int8.convert_blip2 import convert_blip2 as convert
+    else:
+        from blip_core.int8.convert import convert
 
     convert(ck, folder, progress=converting(progress))
     _prune_superseded(folder)

@@ -93,7 +93,7 @@ def export_part(model: BlipModel, part: str, folder: Path) -> list[Path]:
     return paths
 
 
-def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False) -> None:
+def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False, bits: int = 8) -> None:
     """int8 weights for one graph ``src`` -> ``dst``, each choice the measured best (the figures:
     docs/benchmark_notes.md). ``blocks`` (the decoders: their steps and cross keys/values):
     ``MatMulNBits``, 8-bit weights in blocks of 32 and int8 compute on activations quantised per
@@ -104,7 +104,7 @@ def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False) -> Non
     faster than blocks for many rows, the ViT's attention output projections kept fp32
     (``vit_fp32_matmuls``). Word embeddings: int8 rows in blocks of 32
     (``block_quantize_word_tables``), since ONNX Runtime's quantiser gives a table one scale, which
-    rounds rare tokens' small rows coarsely."""
+    rounds rare tokens' small rows coarsely. ``bits`` (``blocks`` only): 8, or 4 for BLIP-2's LLMs."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -118,7 +118,7 @@ def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False) -> Non
                          extra_options={"MatMulConstBOnly": True})
         return
     level = 1 if many_rows and not _fast_int8_blocks() else 4  # 1: fp32 compute on the 8-bit weights
-    scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=8,
+    scheme = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=bits,
                                           op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     q = MatMulNBitsQuantizer(model, algo_config=scheme)
     q.process()
@@ -167,16 +167,12 @@ def block_quantize_word_tables(model, block: int = 32) -> int:
         if table is None or ".tokens." not in table.name or table.dims[1] % block:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(table).astype(np.float32)
-        V, D = w.shape
-        rows = w.reshape(V, D // block, block)
-        scale = np.abs(rows).max(-1, keepdims=True) / 127
-        scale[scale == 0] = 1
-        q = np.clip(np.rint(rows / scale), -127, 127).astype(np.int8)
+        D = table.dims[1]
+        q, scale = q8_rows(numpy_helper.to_array(table), block)
         n = table.name
         model.graph.initializer.remove(table)
         model.graph.initializer.extend([numpy_helper.from_array(q, n + ".q8"),
-                                        numpy_helper.from_array(scale.astype(np.float32), n + ".scale"),
+                                        numpy_helper.from_array(scale, n + ".scale"),
                                         numpy_helper.from_array(np.array([0, 0, D], np.int64), n + ".shape")])
         ids, out = node.input[1], node.output[0]
         nodes += [helper.make_node("Gather", [n + ".q8", ids], [out + ".q8"]),
@@ -188,6 +184,17 @@ def block_quantize_word_tables(model, block: int = 32) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return done
+
+
+def q8_rows(table: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """table [V, D] (D a multiple of ``block``) -> int8 rows [V, D/block, block] and fp32 scales
+    [V, D/block, 1], one per block (llama.cpp's q8_0): row = (q * scale).reshape(V, D)."""
+    w = np.asarray(table, dtype=np.float32)
+    V, D = w.shape
+    rows = w.reshape(V, D // block, block)
+    scale = np.abs(rows).max(-1, keepdims=True) / 127
+    scale[scale == 0] = 1
+    return np.clip(np.rint(rows / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
 # ------------------------------------------------------------------ convert
@@ -255,23 +262,29 @@ def _stepper(progress, steps: list[str]):
     return step
 
 
-def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str) -> None:
-    """Set the fp32 weights of ``part`` of ``model`` (the other parts stay on the meta device)."""
-    names = [name for name in model.state_dict(keep_vars=True) if name.startswith(part + ".")]
+def _fill(model: BlipModel, ck: Checkpoint, rename: dict, part: str | None, names: list[str] | None = None) -> None:
+    """Set the fp32 weights of ``part`` of ``model`` (or exactly the tensors ``names``, a BLIP-2
+    block); the others stay on the meta device."""
+    if names is None:
+        names = [name for name in model.state_dict(keep_vars=True) if name.startswith(part + ".")]
     filled = fill_module(model, lambda name: ck.tensors.get(rename[name]), names)
     refuse_mismatched(ck.report.source, [(rename[name], got, want) for name, got, want in filled.mismatched])
 
 
-def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None) -> Path:
+def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None,
+                converter=None) -> Path:
     """``blip convert``: the int8 graphs of ``ck`` (restricted to ``tasks``) in a new ``folder`` with
     the vocabulary, which ``blip_core.load(folder, precision="int8")`` reads on any machine with
-    the same blipcam release, torch not needed: convert on a desktop, copy to a Pi."""
+    the same blipcam release, torch not needed: convert on a desktop, copy to a Pi. ``converter``
+    (default ``convert``) is called as ``converter(ck, folder, progress=..., vocab=True)``: BLIP-2's
+    is ``convert_blip2.convert_blip2`` (``convert_blip2.export_int8`` picks it by family, since
+    this module cannot import that one: it imports this)."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise BadInputError(f"{folder} exists and is not an empty folder; choose a new one")
     restrict_tasks(ck, tasks)
     try:
-        convert(ck, folder, progress=progress, vocab=True)
+        (converter or convert)(ck, folder, progress=progress, vocab=True)
     except OSError as e:
         raise StorageError(f"cannot write {folder}: {e.strerror or e}") from e
     return folder

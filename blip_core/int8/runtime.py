@@ -38,27 +38,10 @@ class OrtModel:
         import onnxruntime as ort
 
         self.cfg = cfg
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
-        # busy-wait between runs without taking the cores from another session's. With a pool per
-        # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool. Once it
-        # exists ORT refuses every session of the process that asks for threads of its own, so an
-        # app with other ONNX Runtime models sets BLIPCAM_ORT_SHARED_POOL=0 (before the first load).
-        if (_global_pool_threads or _shared_pool_wanted()) and _size_global_pool(ort, threads):
-            opts.use_per_session_threads = False  # thread counts set here would be ignored, with a warning
-        else:  # opted out, or an ONNX Runtime without the global pool in Python: pools that never spin
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # One arena for all sessions: the ViT's activations are freed before the decoder runs,
-        # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
-        _shared_arena(ort)
-        opts.add_session_config_entry("session.use_env_allocators", "1")
+        opts = session_options(ort, threads)
         self.sessions = {}
         for name in graph_names(cfg):
-            path = str(folder / f"{name}.int8.onnx")
-            self.sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-            release_free_memory()  # after each graph: its transient copy never sits under the next one's
+            self.sessions[name] = open_session(ort, folder / f"{name}.int8.onnx", opts)
         with np.load(folder / "heads.npz") as heads:  # the matching heads: [out, in] weights, [out] biases
             self.heads = {k: heads[k] for k in heads.files}
 
@@ -107,6 +90,36 @@ class OrtModel:
 
     def image_features(self, image_embeds) -> np.ndarray:
         return _l2_normalize(self._linear("vision_proj", image_embeds[:, 0]))
+
+
+def session_options(ort, threads: int):
+    """The ``SessionOptions`` every int8 session of the process is made with (both model families):
+    full graph optimisation, the one shared thread pool and the one shared memory arena."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One thread pool for every session (vision -> cross keys -> decoding steps): its threads
+    # busy-wait between runs without taking the cores from another session's. With a pool per
+    # session a VQA follow-up took 125 ms spinning, 70 without, 55 with the one pool. Once it
+    # exists ORT refuses every session of the process that asks for threads of its own, so an
+    # app with other ONNX Runtime models sets BLIPCAM_ORT_SHARED_POOL=0 (before the first load).
+    if (_global_pool_threads or _shared_pool_wanted()) and _size_global_pool(ort, threads):
+        opts.use_per_session_threads = False  # thread counts set here would be ignored, with a warning
+    else:  # opted out, or an ONNX Runtime without the global pool in Python: pools that never spin
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # One arena for all sessions: the ViT's activations are freed before the decoder runs,
+    # so the decoder reuses them instead of growing an arena of its own (-30 MB peak RSS).
+    _shared_arena(ort)
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    return opts
+
+
+def open_session(ort, path: Path, opts):
+    """An ONNX Runtime session of the graph at ``path``, the heap trimmed after it: its transient
+    copy of the weights never sits under the next graph's."""
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    release_free_memory()
+    return session
 
 
 _global_pool_threads = 0  # size of ONNX Runtime's process-wide thread pool once sized here; -1: sized elsewhere

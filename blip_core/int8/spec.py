@@ -47,3 +47,29 @@ def kv_shapes(rows: int, heads: int, head_dim: int, n: int) -> tuple[tuple[int, 
     transposed, so a decoding step multiplies without a transpose): [rows, heads, head_dim, n] and
     [rows, heads, n, head_dim]."""
     return (rows, heads, head_dim, n), (rows, heads, n, head_dim)
+
+
+# ------------------------------------------------------------------ BLIP-2 (``convert_blip2``, ``runtime_blip2``)
+# Numpy tables beside the graphs, memory-mapped at load (untouched rows stay on disk): the LLM's word
+# embeddings as int8 rows in blocks of 32 + fp32 scales (``convert.q8_rows``), or fp16 when the width is
+# not a multiple of 32; OPT's learned positions (fp32, offset 2); small fp32 matrices (OPT-350m's project_in).
+LLM_TOKENS_Q8, LLM_TOKENS_SCALE, LLM_TOKENS_F16 = "llm.tokens.q8.npy", "llm.tokens.scale.npy", "llm.tokens.f16.npy"
+OPT_POSITIONS, LLM_SMALL = "opt.positions.npy", "llm.small.npz"
+LLM_BITS = 4  # the LLM's MatMul weights: MatMulNBits in blocks of 32, 4-bit (8 possible: convert_blip2)
+
+
+def blip2_graph_names(cfg) -> list[str]:
+    """The graphs of a converted BLIP-2 (``cfg``: a ``Blip2Config``), one per block so a block is
+    converted with only its own fp32 weights in memory: the ViT's embedding and blocks (the last
+    with ``ln_vision``); the Q-Former (to the soft prompt, or the ITM model's three passes); OPT's
+    layers and head, or Flan-T5's position-bias graphs, encoder layers, per decoder layer its cross
+    keys/values and its step, and the head."""
+    names = ["vision.embed"] + [f"vision.block{i}" for i in range(cfg.vision.layers)]
+    if cfg.llm is None:
+        return names + ["qformer.match"]
+    names.append("qformer")
+    if cfg.llm_kind == "opt":
+        return names + [f"opt.layer{i}" for i in range(cfg.llm.layers)] + ["opt.head"]
+    names += ["t5.enc_bias"] + [f"t5.enc{i}" for i in range(cfg.llm.layers)] + ["t5.dec_bias"]
+    names += [n for i in range(cfg.llm.decoder_layers) for n in (f"t5.dec{i}.cross", f"t5.dec{i}")]
+    return names + ["t5.head"]
