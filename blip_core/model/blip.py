@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blip_core.model.config import BlipConfig
-from blip_core.model.text import KV, DecoderSession, TextTransformer
+from blip_core.model.text import KV, DecoderSession, TextTransformer, bert_init_
 from blip_core.model.vision import VisionTransformer
 
 
@@ -40,13 +40,7 @@ class BlipModel(nn.Module):
     def init_weights(self) -> None:
         """BERT/ViT initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms."""
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            bert_init_(m)
 
     # --------------------------------------------------------------- vision
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:

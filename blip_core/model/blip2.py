@@ -13,6 +13,7 @@ from torch import nn
 
 from blip_core.model.blip2_config import Blip2Config
 from blip_core.model.qformer import QFormer
+from blip_core.model.text import bert_init_
 from blip_core.model.vision import VisionTransformer
 
 
@@ -45,15 +46,8 @@ class Blip2Model(nn.Module):
         """BERT/ViT initialisation of everything but the LLM (which keeps its own and is frozen):
         N(0, 0.02) weights, zero biases, unit LayerNorms, query tokens N(0, 0.02)."""
         for name, m in self.named_modules():
-            if name.startswith("language_model"):
-                continue
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            if not name.startswith("language_model"):
+                bert_init_(m)
         nn.init.normal_(self.qformer.query_tokens, std=0.02)
 
     # --------------------------------------------------------------- vision

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blip_core.model.blip2_config import OptConfig
-from blip_core.model.text import SelfCache, causal_mask
+from blip_core.model.text import CachedSession, SelfCache, causal_mask
 
 POSITION_OFFSET = 2  # OPT's learned position table starts at row 2 (a fairseq leftover)
 
@@ -171,7 +171,7 @@ def copy_cache(cache: SelfCache) -> SelfCache:
     return out
 
 
-class OptSession:
+class OptSession(CachedSession):
     """``generation.StepDecoder`` over an OptLM after an optional prefix cache (never modified)."""
 
     def __init__(self, lm: OptLM, prefix: SelfCache | None = None):
@@ -197,14 +197,4 @@ class OptSession:
                 self.cache.select(torch.zeros(B, dtype=torch.long))
             elif rows != B:
                 raise ValueError(f"prefix has {rows} rows, prompt has {B}")
-        logits = self._run(ids)
-        if group > 1:  # every row continues the same prompt: copy its cache
-            rows = torch.arange(B).repeat_interleave(group)
-            self.cache.select(rows)
-            logits = logits[rows.numpy()]
-        return logits
-
-    def step(self, tokens: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        if rows is not None:
-            self.cache.select(torch.as_tensor(rows))
-        return self._run(torch.as_tensor(np.asarray(tokens, dtype=np.int64))[:, None])
+        return self._grouped(self._run(ids), B, group)

@@ -21,7 +21,7 @@ from torch import nn
 
 from blip_core.model.blip2_config import T5_ACTS, T5Config
 from blip_core.model.opt import additive_mask
-from blip_core.model.text import KV, SelfCache, causal_mask, padding_mask
+from blip_core.model.text import KV, CachedSession, SelfCache, causal_mask, padding_mask
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf (BLIP-2 overrides Flan-T5's gelu_new with this)
@@ -255,7 +255,7 @@ class T5LM(nn.Module):
         return self.lm_head(hidden)
 
 
-class T5Session:
+class T5Session(CachedSession):
     """``generation.StepDecoder`` over the T5 decoder for one batch of encoder outputs.
 
     states [B, S, width], states_mask [B, S] or None. The cross-attention keys/values are computed once here and
@@ -281,14 +281,4 @@ class T5Session:
         if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] != self.batch:
             raise ValueError(f"T5 prompt must be [{self.batch}, tokens >= 1], got {tuple(ids.shape)}")
         self.cache = SelfCache(len(self.lm.decoder.block))
-        logits = self._run(ids)
-        if group > 1:  # every row of an input starts from the same prompt: copy its cache
-            rows = torch.arange(self.batch).repeat_interleave(group)
-            self.cache.select(rows)
-            logits = logits[rows.numpy()]
-        return logits
-
-    def step(self, tokens: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        if rows is not None:
-            self.cache.select(torch.as_tensor(rows))
-        return self._run(torch.as_tensor(np.asarray(tokens, dtype=np.int64))[:, None])
+        return self._grouped(self._run(ids), self.batch, group)

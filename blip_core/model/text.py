@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +24,18 @@ from blip_core.model.config import TextConfig
 
 Mode = Literal["text", "multimodal", "decoder"]
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, T, head_dim] each
+
+
+def bert_init_(module: nn.Module) -> None:
+    """BERT/ViT initialisation of one module (apply to every module of a model): N(0, 0.02)
+    weights, zero biases, unit LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class TextEmbeddings(nn.Module):
@@ -221,7 +234,33 @@ class TextTransformer(nn.Module):
         return self.lm_head(hidden, self.embed.tokens.weight)
 
 
-class DecoderSession:
+class CachedSession:
+    """What every torch ``generation.StepDecoder`` shares (the MED decoders, OPT, T5): ``cache``
+    holds the self-attention keys/values of every row; a subclass runs new tokens through
+    ``_run(ids [R, T]) -> float32 logits [R, V]`` of each row's last position."""
+
+    cache: SelfCache
+
+    def _run(self, ids: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def _grouped(self, logits: np.ndarray, batch: int, group: int) -> np.ndarray:
+        """After the prompt: ``group`` rows per input (beams, several sequences) continue the same
+        prefix, so its cache rows are copied ``group`` times."""
+        if group > 1:
+            rows = torch.arange(batch).repeat_interleave(group)
+            self.cache.select(rows)
+            logits = logits[rows.numpy()]
+        return logits
+
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """tokens [R] appended to each row (``rows`` [R]: which old row each new one continues)."""
+        if rows is not None:
+            self.cache.select(torch.as_tensor(rows))
+        return self._run(torch.as_tensor(np.asarray(tokens, dtype=np.int64))[:, None])
+
+
+class DecoderSession(CachedSession):
     """``generation.StepDecoder`` over one of our text decoders, numpy in and out.
 
     cross_kv: per-layer keys/values [B, h, N, hd] of what the decoder reads (computed once per image
@@ -242,14 +281,4 @@ class DecoderSession:
             return self.decoder.logits(h[:, -1]).float().numpy()
 
     def start(self, prompt_ids, group: int):
-        logits = self._run(prompt_ids)
-        if group > 1:  # every row of an image starts from the same prefix: copy its cache
-            rows = torch.arange(len(prompt_ids)).repeat_interleave(group)
-            self.cache.select(rows)
-            logits = logits[rows.numpy()]
-        return logits
-
-    def step(self, tokens, rows):
-        if rows is not None:
-            self.cache.select(torch.as_tensor(rows))
-        return self._run(torch.as_tensor(tokens)[:, None])
+        return self._grouped(self._run(prompt_ids), len(prompt_ids), group)

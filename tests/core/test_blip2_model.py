@@ -20,7 +20,7 @@ from blip_core.model.blip2 import Blip2Model
 from blip_core.model.blip2_config import Blip2Config, OptConfig, QFormerConfig, T5Config
 from blip_core.model.config import VisionConfig
 from blip_core.model.qformer import itg_mask
-from tests.helpers import lavis_names
+from tests.helpers import lavis_names, reinit_
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,27 +49,6 @@ def hf_config(cfg: Blip2Config, text_config=None):
         text_config=text_config, num_query_tokens=q.num_queries, image_text_hidden_size=cfg.embed_dim,
         image_token_index=None,
     )
-
-
-# ~1/sqrt(width): std 0.02 is unit gain at BERT's width 768, but at width 32 it leaves attention
-# uniform and the outputs almost independent of the input (ITM logits then differ between texts by
-# ~1e-4, the parity tolerance), so a wrong mask or FFN could pass
-WEIGHT_STD = 0.2
-
-
-def reinit_(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter redrawn from a seeded generator: transformers' own init (vision std 1e-10,
-    zero query tokens) would let parity pass trivially."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            elif p.dim() == 1:  # LayerNorm / RMSNorm scales
-                p.copy_(1 + 0.1 * noise)
-            else:
-                p.copy_(WEIGHT_STD * noise)
 
 
 def rename(sd: dict[str, torch.Tensor], routes) -> tuple[dict[str, torch.Tensor], set[str]]:
