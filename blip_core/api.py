@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from blip_core.checkpoints import materialize, open_checkpoint
+from blip_core.checkpoints.sources import DeferredTensorSource
 from blip_core.checkpoints.vocab import tokenizer_for
 from blip_core.errors import BadInputError, BlipError, import_torch
 from blip_core.generation import DecodingOptions, generate, softmax, whole_number
@@ -243,7 +244,9 @@ def load(source: str | os.PathLike, precision: str = "fp32", threads: int | None
     if progress:
         progress(0.0, f"loading {source_str}")
     ck = open_checkpoint(path)
-    check_memory(source_str, ck.tensors.shapes, precision)
+    if precision == "fp32" or not isinstance(ck.tensors, DeferredTensorSource):
+        # a pytorch_model.bin's shapes need torch to read; an int8 load of a converted one never does
+        check_memory(source_str, ck.tensors.shapes, precision)
     if precision == "int8":
         from blip_core.int8.cache import materialize_int8
 

@@ -219,7 +219,7 @@ def cmd_export(args) -> int:
 
 def cmd_convert(args) -> int:
     from blip_core.checkpoints import open_checkpoint
-    from blip_core.int8.convert import export_int8
+    from blip_core.int8.convert_blip2 import export_int8  # either family
 
     ck = open_checkpoint(_local(args.model))
     with _StepBar() as bar:
