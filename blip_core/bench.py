@@ -44,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a folder with the Pi 5 study's transformers (4.41.1) installed by pip --target: adds a row "
                         "timing it against ours int8 in a process of their own (see the README)")
     p.add_argument("--study-child", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--family", choices=("blip", "blip2"), default="blip",
+                   help="blip2: transformers fp32 vs ours on BLIP-2 OPT-2.7B shapes with random weights "
+                        "(blip_core.bench_blip2); rewrites only the BLIP-2 section of --output")
+    p.add_argument("--skip-transformers", action="store_true",
+                   help="(--family blip2) reuse the last run's transformers figures instead of running it again")
+    p.add_argument("--json", type=Path, help="(--family blip2) also write the results to this file")
+    p.add_argument("--reuse", nargs="+", choices=("transformers-fp32", "ours-fp32", "ours-int8"),
+                   help="(--family blip2) reuse the last run's figures of these configurations")
 
 
 # ------------------------------------------------------------- random weights
@@ -391,6 +399,10 @@ def quality_only(args) -> int:
 
 
 def main(args) -> int:
+    if getattr(args, "family", "blip") == "blip2":
+        from blip_core.bench_blip2 import main as blip2_main
+
+        return blip2_main(args)
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], args.threads)
         return 0
