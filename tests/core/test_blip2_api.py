@@ -212,3 +212,16 @@ def test_a_sharded_hub_model_is_fetched_shard_by_shard_and_loads(blip2, tmp_path
     assert len(shards) > 1 and all(s in asked for s in shards) and "tokenizer.json" in asked
     m = blip_core.load(folder)
     assert m.caption(images[0], max_new_tokens=6).token_ids == ours.caption(images[0], max_new_tokens=6).token_ids
+
+
+def test_cli_converts_a_blip2_folder_that_then_answers_in_int8(blip2, images, tmp_path, capsys):
+    out = tmp_path / "opt-int8"
+    assert cli.main(["convert", str(blip2["opt"][1]), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["ask", "--model", str(out), "--precision", "int8", str(images[0]), "what is it ?", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    int8 = blip_core.load(out, precision="int8")
+    assert int8.precision == "int8" and int8.family == "blip2"
+    assert record["answer"] == int8.answer(images[0], "what is it ?").text and record["timings_ms"]["total_ms"] > 0
+    assert cli.main(["info", str(out)]) == 0
+    assert "int8 graphs; BLIP-2" in capsys.readouterr().out
