@@ -29,6 +29,7 @@ class AppConfig:
     snapshot_dir: Path | None = None
     settings_path: Path | None = None
     fullscreen: bool = False  # kiosk mode for this run (a command-line choice, not saved)
+    speak: bool = False  # speak captions and answers this run (the drawer's toggle, not saved)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="settings INI file (default: the per-user config file)")
     p.add_argument("--fullscreen", action="store_true",
                    help="kiosk mode: full screen without a window frame (F11 or Esc leaves it)")
+    p.add_argument("--speak", action="store_true",
+                   help="speak captions (when they change in meaning) and answers aloud with espeak-ng "
+                        "(the drawer's Voice toggle; off by default)")
     p.add_argument("--exit-after-captions", type=int, metavar="N",
                    help="print the first N captions to stdout, one per line, then exit 0 "
                         "(checks an install; works offscreen)")
@@ -104,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
             vqa = None
     models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
     return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings,
-                     args.fullscreen)
+                     args.fullscreen, args.speak)
 
 
 def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:

@@ -1,6 +1,10 @@
 """The inference engine the worker thread drives: models, encoded-image cache, caption / answer /
 rank calls, and the timings shown in the overlay. Pure Python (no Qt), one thread at a time.
 
+Captions and answers stream when the model can (``streams_text``): the text so far goes to an
+``on_text(text, first_word_ms)`` callback after each decoded token, and the outcome records the
+time to the first word. A callback that raises abandons the call (a newer caption replaced it).
+
 Every call encodes the image explicitly (``m.encode_image``) and passes the features on, so one
 frame is encoded once per model however many captions, questions and follow-ups use it.
 blip_core is imported in the functions that need it (see ``app.model_choice`` for why).
@@ -21,6 +25,35 @@ if TYPE_CHECKING:
     from blip_core.results import AnswerResult, CaptionResult, Timings
 
 MAX_RANKED_SNAPSHOTS = 50  # ITM ranking encodes every snapshot once (~0.3 s each on a Pi 5)
+
+OnText = Callable[[str, "float | None"], None]  # (text so far, ms from the call's start to its first word)
+
+
+def caption_text(prompt: str, continuation: str) -> str:
+    """The caption as shown: the prompt and its continuation as one sentence. blip_core returns
+    only the continuation (like Salesforce's BLIP); with a custom prompt such as "a close-up of"
+    the continuation alone would not say what it describes."""
+    return " ".join(f"{prompt} {continuation}".split())
+
+
+class TextStream:
+    """Hands a streamed decode's text so far to ``sink`` and times its first word (from creation,
+    so the image encoding counts: it is what the user waits through first)."""
+
+    def __init__(self, model: Any, sink: OnText | None, shape: Callable[[str], str] = str):
+        self.t0 = time.perf_counter()
+        self.sink, self.shape = sink, shape
+        self.first_word_ms: float | None = None
+        # a model without streaming (a test double, a future family) still captions, in one piece
+        self.enabled = sink is not None and bool(getattr(model, "streams_text", False))
+
+    def kwargs(self) -> dict:
+        return {"on_text": self._on_text} if self.enabled else {}
+
+    def _on_text(self, text: str) -> None:
+        if self.first_word_ms is None and text.strip():
+            self.first_word_ms = (time.perf_counter() - self.t0) * 1000
+        self.sink(self.shape(text), self.first_word_ms)
 
 
 class FeatureCache:
@@ -72,13 +105,12 @@ class CaptionOutcome:
     precision: str
     timings: Timings
     reused_features: bool
+    first_word_ms: float | None = None  # None: the model did not stream
 
     @property
     def text(self) -> str:
-        """The caption as shown: the prompt and its continuation as one sentence. blip_core
-        returns only the continuation (like Salesforce's BLIP); with a custom prompt such as
-        "a close-up of" the continuation alone would not say what it describes."""
-        return " ".join(f"{self.options.prompt} {self.result.text}".split())
+        """The caption as shown (``caption_text``)."""
+        return caption_text(self.options.prompt, self.result.text)
 
     @property
     def tokens_per_s(self) -> float:
@@ -97,6 +129,19 @@ class AnswerOutcome:
     model: str = ""
     error: str = ""
     tag: Any = None  # the caller's handle for the question (e.g. its history entry)
+    first_word_ms: float | None = None  # None: the model did not stream
+
+
+@dataclass(frozen=True)
+class PartialText:
+    """A caption or answer as decoded so far (``first_word_ms`` None until a word came)."""
+
+    frame_index: int
+    text: str
+    first_word_ms: float | None
+    model: str = ""
+    question: str = ""  # answers only
+    tag: Any = None  # answers only: the question's handle
 
 
 def merge_timings(encode: Timings | None, call: Timings) -> Timings:
@@ -153,28 +198,34 @@ class InferenceEngine:
             encode = Timings(encode.preprocess_ms, encode.vision_ms, total_ms=(time.perf_counter() - t0) * 1000)
         return features, encode
 
-    def caption(self, frame: Frame, options: CaptionOptions) -> CaptionOutcome:
+    def caption(self, frame: Frame, options: CaptionOptions, on_text: OnText | None = None) -> CaptionOutcome:
+        """Caption ``frame``; ``on_text`` gets the caption so far (prompt included) as it is decoded."""
         from blip_core.errors import WrongTaskError
 
         model = self.models.captioner
         if model is None:
             raise WrongTaskError("no caption model is loaded yet")
+        stream = TextStream(model, on_text, lambda text: caption_text(options.prompt, text))
         features, encode = self._features(self.frames, model, frame.index, frame.image)
-        result = model.caption(features, **options.kwargs())
+        result = model.caption(features, **options.kwargs(), **stream.kwargs())
         return CaptionOutcome(frame, result, options, model.name, model.precision,
-                              merge_timings(encode, result.timings), reused_features=encode is None)
+                              merge_timings(encode, result.timings), reused_features=encode is None,
+                              first_word_ms=stream.first_word_ms)
 
-    def answer(self, frame: Frame, question: str, tag: Any = None) -> AnswerOutcome:
+    def answer(self, frame: Frame, question: str, tag: Any = None, on_text: OnText | None = None) -> AnswerOutcome:
+        """Answer ``question`` about ``frame``; ``on_text`` gets the answer so far as it is decoded."""
         from blip_core.errors import WrongTaskError
 
         model = self.models.answerer
         if model is None:
             raise WrongTaskError("no question-answering model is loaded")
+        stream = TextStream(model, on_text)
         self.frames.pin(frame.index)  # follow-up questions on this frame must not re-encode it
         features, encode = self._features(self.frames, model, frame.index, frame.image)
-        result = model.answer(features, question)
+        result = model.answer(features, question, **stream.kwargs())
         return AnswerOutcome(frame.index, question, result, merge_timings(encode, result.timings),
-                             reused_features=encode is None, model=model.name, tag=tag)
+                             reused_features=encode is None, model=model.name, tag=tag,
+                             first_word_ms=stream.first_word_ms)
 
     def rank_snapshots(self, query: str, records: list,
                        progress: Callable[[int, int], None] | None = None) -> list[tuple[Any, float, float]]:

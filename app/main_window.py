@@ -5,6 +5,11 @@ Data flow (docs/architecture.md, "app"):
     CaptureThread --mailbox--> preview (every frame)
                          \\--> InferenceWorker.request_caption (newest frame wins)
     InferenceWorker --signals--> overlay, question history, status bar
+
+Captions and answers stream: their text so far reaches the overlay (``partial_shown``) as it is
+decoded, marked as unfinished, until the final one replaces it. A partial caption that is a
+prefix of the caption on screen is not shown: the new caption is saying the same so far, and
+showing its first words would make a still scene flicker at every caption.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app import speech
 from app.arguments import AppConfig
 from app.capture import CaptureThread
-from app.inference import AnswerOutcome, CaptionOutcome
+from app.inference import AnswerOutcome, CaptionOutcome, PartialText
 from app.model_choice import LoadedModels, Loader, short_name
 from app.questions import QAHistory, QuestionError, validate_question
 from app.settings import Settings
@@ -38,11 +44,12 @@ from app.snapshots import SnapshotRecord
 from app.sources import FrameSource, make_source
 from app.sources.base import Frame
 from app.widgets.controls import CaptionControls
-from app.widgets.overlay import OverlayState, answer_line
+from app.widgets.overlay import STREAMING_MARK, OverlayState, answer_line
 from app.widgets.plain_text import plain_label
 from app.widgets.preview import PreviewWidget
 from app.widgets.question_panel import QuestionPanel
 from app.widgets.snapshot_browser import SnapshotBrowser
+from app.widgets.speech_controls import SpeechControls
 from app.widgets.touch import touch_sized
 from app.worker import InferenceWorker, RankOutcome, SnapshotReader, SnapshotSaver
 
@@ -57,6 +64,7 @@ class MainWindow(QMainWindow):
     ``models_failed(message)`` when no caption model could be loaded."""
 
     caption_shown = Signal(object)
+    partial_shown = Signal(object)  # PartialText of a caption or answer that the overlay now shows
     answer_shown = Signal(object)
     models_failed = Signal(str)
     snapshot_saved = Signal(object)
@@ -64,6 +72,7 @@ class MainWindow(QMainWindow):
     # the capture thread's failing(message, count), relayed by the window: delivered on the GUI
     # thread and disconnected with the window, so a listener never outlives what it watches
     source_failing = Signal(str, int)
+    speech_failed = Signal(str)  # from the speech thread; queued to the GUI thread
 
     def __init__(self, config: AppConfig, settings: Settings, *, loader: Loader | None = None,
                  source: FrameSource | None = None, retry_delays: tuple[float, ...] | None = None):
@@ -76,12 +85,15 @@ class MainWindow(QMainWindow):
         self.latest_frame: Frame | None = None
         self.question_frame: Frame | None = None
         self.last_caption: CaptionOutcome | None = None
+        self.partial_caption: PartialText | None = None  # a caption still being decoded, on screen
+        self.captions_abandoned = 0
         self.captions: OrderedDict[int, CaptionOutcome] = OrderedDict()
         self.history = QAHistory()
         self.last_answer_line = ""  # the overlay's answer line, once a question was answered
         self.captions_shown = 0
         self.load_message = "loading models…"
         self.browser: SnapshotBrowser | None = None
+        self.speech: speech.SpeechQueue | None = None  # while the Voice toggle is on
         self._started = self._shut_down = False
         self._saved_continuous: bool | None = None
         self._compact: bool | None = None  # unknown until the first resize
@@ -99,6 +111,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self.controls.load(settings)
         self.preview.set_overlay_position(self.controls.overlay_position.currentText())
+        if config.speak or settings.get("speech/enabled"):
+            self.set_speaking(True)
         geometry = settings.get("window/geometry")
         if geometry:
             self.restoreGeometry(QByteArray(geometry))
@@ -189,6 +203,8 @@ class MainWindow(QMainWindow):
         content_layout = QVBoxLayout(content)
         content_layout.addWidget(self.controls)
         content_layout.addWidget(snapshots)
+        self.voice = SpeechControls()
+        content_layout.addWidget(self.voice)
         content_layout.addStretch(1)
         self.drawer = QScrollArea()
         self.drawer.setObjectName("drawer")
@@ -208,6 +224,9 @@ class MainWindow(QMainWindow):
         w.models_failed.connect(self._on_models_failed)
         w.caption_ready.connect(self._on_caption_ready)
         w.caption_failed.connect(self._on_caption_failed)
+        w.caption_partial.connect(self._on_caption_partial)
+        w.caption_abandoned.connect(self._on_caption_abandoned)
+        w.answer_partial.connect(self._on_answer_partial)
         w.answer_ready.connect(self._on_answer_ready)
         w.job_failed.connect(lambda m: self.statusBar().showMessage(m, 10_000))
         self.saver.saved.connect(self._on_snapshot_saved)
@@ -223,6 +242,8 @@ class MainWindow(QMainWindow):
         self.save_button.clicked.connect(self.save_snapshot)
         self.folder_button.clicked.connect(self.choose_folder)
         self.browse_button.clicked.connect(self.open_browser)
+        self.voice.speak.toggled.connect(self._on_speak_toggled)
+        self.speech_failed.connect(self._on_speech_failed)
 
     # --- size, screen and touch ------------------------------------------------------------------
 
@@ -300,15 +321,32 @@ class MainWindow(QMainWindow):
         elif not self.can_caption:
             self.statusBar().showMessage(self.load_message, 3000)
         else:
-            self.worker.request_caption(frame, self.controls.options())
+            self.worker.request_caption(frame, self.controls.options(), supersede=True)
+
+    def _on_caption_partial(self, partial: PartialText) -> None:
+        shown = self.last_caption.text if self.last_caption is not None else ""
+        if self.partial_caption is None and shown.startswith(partial.text):
+            return  # the same so far as the caption on screen: keep it (see the module docstring)
+        self.partial_caption = partial
+        self._refresh_overlay()
+        self.partial_shown.emit(partial)
+
+    def _on_caption_abandoned(self, _frame_index: int) -> None:
+        self.captions_abandoned += 1
+        if self.partial_caption is not None:
+            self.partial_caption = None
+            self._refresh_overlay()
 
     def _on_caption_ready(self, outcome: CaptionOutcome) -> None:
+        self.partial_caption = None
         self.last_caption = outcome
         self.captions[outcome.frame.index] = outcome
         while len(self.captions) > CAPTIONS_KEPT:
             self.captions.popitem(last=False)
         self.captions_shown += 1
         self._refresh_overlay()
+        if self.speech is not None:
+            self.speech.offer_caption(outcome.text)
         self.caption_shown.emit(outcome)
 
     def _on_caption_failed(self, message: str) -> None:
@@ -318,7 +356,7 @@ class MainWindow(QMainWindow):
         self.controls.save(self.settings)
         # show the effect of a new prompt/decoding choice at once, even when not continuous
         if self.can_caption and self.preview.frame is not None and (self.paused or not self.continuous):
-            self.worker.request_caption(self.preview.frame, self.controls.options())
+            self.worker.request_caption(self.preview.frame, self.controls.options(), supersede=True)
 
     def _on_continuous_toggled(self, on: bool) -> None:
         self._saved_continuous = None  # the user chose: that choice is the one to keep
@@ -349,13 +387,20 @@ class MainWindow(QMainWindow):
         if not self.can_caption:
             status = self.load_message
         fps = self.latest_frame.fps if self.latest_frame else 0.0
+        p = self.partial_caption
+        if p is not None:
+            model = self.models.captioner if self.can_caption else None
+            return OverlayState(p.text, camera_fps=fps, model=short_name(p.model), status=status,
+                                precision=model.precision if model else "", answer=self.last_answer_line,
+                                first_word_ms=p.first_word_ms, streaming=True)
         if c is None:
             model = self.models.captioner if self.can_caption else None
             return OverlayState(camera_fps=fps, model=short_name(model.name) if model else "",
-                                precision=model.precision if model else "", status=status)
+                                precision=model.precision if model else "", status=status,
+                                answer=self.last_answer_line)
         t = c.timings
         return OverlayState(c.text, t.vision_ms, t.decode_ms, t.total_ms, c.tokens_per_s, fps, short_name(c.model),
-                            c.precision, status, self.last_answer_line)
+                            c.precision, status, self.last_answer_line, first_word_ms=c.first_word_ms)
 
     def _refresh_overlay(self) -> None:
         self.preview.set_overlay(self.overlay_state())
@@ -442,6 +487,12 @@ class MainWindow(QMainWindow):
         self.question_frame = None
         self.questions.set_frozen_frame(None)
 
+    def _on_answer_partial(self, partial: PartialText) -> None:
+        self.last_answer_line = answer_line(partial.question, partial.text, short_name(partial.model), None,
+                                            partial.first_word_ms)
+        self._refresh_overlay()
+        self.partial_shown.emit(partial)
+
     def _on_answer_ready(self, outcome: AnswerOutcome) -> None:
         entry = outcome.tag
         if entry is not None:
@@ -454,7 +505,13 @@ class MainWindow(QMainWindow):
                 entry.error = outcome.error
         if outcome.result is not None:
             self.last_answer_line = answer_line(outcome.question, outcome.result.text, short_name(outcome.model),
-                                                outcome.timings.total_ms)
+                                                outcome.timings.total_ms, outcome.first_word_ms)
+            self._refresh_overlay()
+            if self.speech is not None:
+                self.speech.offer_answer(outcome.result.text)
+        elif self.last_answer_line.endswith(STREAMING_MARK):  # it failed midway: the partial must not stay
+            self.last_answer_line = answer_line(outcome.question, "no answer (see the questions)",
+                                                short_name(outcome.model), outcome.timings.total_ms)
             self._refresh_overlay()
         self.questions.show_history(self.history, latest=entry)
         self.answer_shown.emit(outcome)
@@ -551,6 +608,37 @@ class MainWindow(QMainWindow):
         if self.browser is not None and outcome.query == self.browser.search.text().strip():
             self.browser.show_ranked(outcome.ranked, outcome.left_out)
 
+    # --- voice -------------------------------------------------------------------------------
+
+    def _on_speak_toggled(self, on: bool) -> None:
+        self.settings.set("speech/enabled", on)  # the user's choice; --speak alone is not saved
+        self.set_speaking(on)
+
+    def set_speaking(self, on: bool) -> None:
+        """Start or stop speaking captions and answers. Without espeak-ng the toggle goes back off
+        and says why; the app carries on silently."""
+        self.voice.set_checked_quietly(on)
+        if not on:
+            if self.speech is not None:
+                self.speech.shutdown(timeout=None)  # cuts the speech short; the thread ends by itself
+                self.speech = None
+            self.voice.show_status("")
+            return
+        if self.speech is not None:
+            return
+        speaker = speech.default_speaker()
+        if speaker is None:
+            self.voice.set_checked_quietly(False)
+            self.voice.show_status(speech.INSTALL_HINT)
+            self.statusBar().showMessage(speech.INSTALL_HINT, 10_000)
+            return
+        self.voice.show_status("")
+        self.speech = speech.SpeechQueue(speaker, on_error=self.speech_failed.emit)
+
+    def _on_speech_failed(self, message: str) -> None:
+        self.voice.show_status(message)
+        self.statusBar().showMessage(message, 10_000)
+
     # --- source status and shutdown ----------------------------------------------------------
 
     def _on_source_status(self, message: str, ok: bool) -> None:
@@ -572,6 +660,8 @@ class MainWindow(QMainWindow):
             self.settings.set("captioning/continuous", self._saved_continuous)
         self.settings.set("window/geometry", self.saveGeometry())
         self.settings.sync()
+        if self.speech is not None:
+            self.speech.shutdown()
         self.capture.shutdown()
         self.worker.shutdown()
         self.snapshot_reader.shutdown()

@@ -62,6 +62,7 @@ RULES: dict[str, Rule] = {
     "decoding/max_tokens": Rule(20, low=MIN_TOKENS, high=MAX_TOKENS),
     "captioning/continuous": Rule(True),
     "overlay/position": Rule(OVERLAY_POSITIONS[0], choices=OVERLAY_POSITIONS),
+    "speech/enabled": Rule(False),  # speak captions and answers (espeak-ng); off by default
     "snapshots/folder": Rule("", max_len=MAX_PATH_CHARS),  # empty: default_snapshot_dir()
     "window/geometry": Rule(b"", max_len=MAX_WINDOW_BLOB),
     "window/state": Rule(b"", max_len=MAX_WINDOW_BLOB),

@@ -20,7 +20,7 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 
-from app.inference import MAX_RANKED_SNAPSHOTS, AnswerOutcome, InferenceEngine
+from app.inference import MAX_RANKED_SNAPSHOTS, AnswerOutcome, InferenceEngine, PartialText
 from app.jobs import JobThread
 from app.model_choice import LoadedModels, Loader, ModelRequest, default_loader
 from app.prompts import CaptionOptions
@@ -51,8 +51,29 @@ class RankSuperseded(Exception):
     this ranking pointless, to stop it at its next snapshot."""
 
 
+class Abandoned(Exception):
+    """Raised from a streaming callback to stop a decode midway: a newer caption superseded it, or
+    the app is closing. Nothing is reported for it but ``caption_abandoned``."""
+
+
 THUMBNAIL_BATCH = 16  # thumbnails per signal: the grid fills as they come, without a signal per image
 RANK_PROGRESS_INTERVAL = 0.1  # s between rank_progress signals: a live count without flooding the GUI
+PARTIAL_INTERVAL = 0.05  # s between partial-text signals: ~20 overlay updates a second at most
+
+
+class Throttle:
+    """``due()`` is True the first time and then once per ``interval`` seconds (monotonic clock)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,11 @@ class InferenceWorker(JobThread):
     caption_ready = Signal(object)  # engine.CaptionOutcome
     caption_failed = Signal(str)
     answer_ready = Signal(object)  # engine.AnswerOutcome (with .error set when it failed)
+    # the text so far of a running caption / answer (engine.PartialText), at most every PARTIAL_INTERVAL;
+    # the final caption_ready / answer_ready always follows unless the caption is abandoned
+    caption_partial = Signal(object)
+    answer_partial = Signal(object)
+    caption_abandoned = Signal(int)  # frame index of a caption stopped midway by a newer request
     rank_ready = Signal(object)  # RankOutcome
     rank_failed = Signal(str)
     rank_progress = Signal(int, int)  # snapshots ranked so far, of how many (throttled; the last always sent)
@@ -84,15 +110,25 @@ class InferenceWorker(JobThread):
         self._loader = loader
         self.engine = InferenceEngine(loader)  # loader resolved in the thread when None
         self._latest_rank = 0  # written on the GUI thread only; the worker thread compares
+        self._caption_count = 0  # caption requests so far (GUI thread)
+        self._abandon_before = 0  # a running caption with a smaller number stops at its next token
 
     # --- submissions (GUI thread) -------------------------------------------------------------
 
     def load_models(self, request: ModelRequest) -> None:
         self.submit(lambda: self._load(request))
 
-    def request_caption(self, frame: Frame, options: CaptionOptions) -> None:
-        """Caption ``frame`` when free; a newer request replaces this one if it is still waiting."""
-        self.submit_latest(lambda: self._caption(frame, options))
+    def request_caption(self, frame: Frame, options: CaptionOptions, *, supersede: bool = False) -> None:
+        """Caption ``frame`` when free; a newer request replaces this one if it is still waiting.
+
+        ``supersede=True`` (the user asked: caption now, new options) also abandons a caption that
+        is being decoded, at its next token. Continuous captioning's frames do not: at camera rate
+        every caption would be abandoned by the next frame and none would ever finish."""
+        self._caption_count += 1
+        number = self._caption_count
+        if supersede:
+            self._abandon_before = number
+        self.submit_latest(lambda: self._caption(number, frame, options))
 
     def ask(self, frame: Frame, question: str, tag: Any = None) -> None:
         self.submit(lambda: self._answer(frame, question, tag))
@@ -133,9 +169,22 @@ class InferenceWorker(JobThread):
                 log.exception("model loading failed")
             self.models_failed.emit(_message(e))
 
-    def _caption(self, frame: Frame, options: CaptionOptions) -> None:
+    def _caption(self, number: int, frame: Frame, options: CaptionOptions) -> None:
+        throttle = Throttle(PARTIAL_INTERVAL)
+        model = self.engine.models.captioner
+        name = model.name if model is not None else ""
+
+        def partial(text: str, first_word_ms: float | None) -> None:
+            if number < self._abandon_before or self.stopping:
+                raise Abandoned
+            if throttle.due():
+                self.caption_partial.emit(PartialText(frame.index, text, first_word_ms, name))
+
         try:
-            outcome = self.engine.caption(frame, options)
+            outcome = self.engine.caption(frame, options, partial)
+        except Abandoned:
+            self.caption_abandoned.emit(frame.index)
+            return
         except Exception as e:
             if not _is_user_error(e):
                 log.exception("caption failed")
@@ -144,8 +193,20 @@ class InferenceWorker(JobThread):
         self.caption_ready.emit(outcome)
 
     def _answer(self, frame: Frame, question: str, tag: Any) -> None:
+        throttle = Throttle(PARTIAL_INTERVAL)
+        model = self.engine.models.answerer
+        name = model.name if model is not None else ""
+
+        def partial(text: str, first_word_ms: float | None) -> None:
+            if self.stopping:  # a question is never superseded; only closing the app stops it
+                raise Abandoned
+            if throttle.due():
+                self.answer_partial.emit(PartialText(frame.index, text, first_word_ms, name, question, tag))
+
         try:
-            outcome = self.engine.answer(frame, question, tag)
+            outcome = self.engine.answer(frame, question, tag, partial)
+        except Abandoned:
+            return
         except Exception as e:
             if not _is_user_error(e):
                 log.exception("answer failed")

@@ -13,6 +13,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QTextOption
 
 WAITING = "waiting for the first caption…"
+STREAMING_MARK = " …"  # after a caption or answer still being decoded
 OVERLAY_POSITIONS = ("bottom", "top")  # where the overlay sits on the picture; the first is the default
 
 
@@ -30,22 +31,44 @@ class OverlayState:
     precision: str = ""
     status: str = ""  # e.g. "paused", "loading caption model 40%"
     answer: str = ""  # the latest answer: which model gave it and how long it took
+    first_word_ms: float | None = None  # time to the caption's first word (None: not streamed)
+    streaming: bool = False  # ``caption`` is still being decoded (timings then hold only first_word_ms)
 
 
-def answer_line(question: str, answer: str, model: str, total_ms: float) -> str:
+def answer_line(question: str, answer: str, model: str, total_ms: float | None,
+                first_word_ms: float | None = None) -> str:
     """The overlay's answer line: the question, the answer, the model that answered and its time
-    (a BLIP-2 answer takes seconds while BLIP captions every fraction of one: say which is which)."""
-    return f"Q: {question} → {answer} · {model}, {total_ms / 1000:.1f} s"
+    (a BLIP-2 answer takes seconds while BLIP captions every fraction of one: say which is which).
+    ``total_ms`` None: the answer is still being decoded, so it gets the streaming mark."""
+    times = [f"first word {first_word_ms / 1000:.1f} s"] if first_word_ms is not None else []
+    if total_ms is None:
+        answer += STREAMING_MARK
+    else:
+        times.append(f"{total_ms / 1000:.1f} s")
+    return f"Q: {question} → {answer} · {', '.join([model, *times])}"
+
+
+def timings_line(state: OverlayState) -> str | None:
+    """The caption's timings: per stage and in total, with the time to its first word when it was
+    streamed; only that while it is still being decoded; None before the first caption."""
+    first = f"first word {state.first_word_ms:.0f} ms" if state.first_word_ms is not None else ""
+    if state.streaming:
+        return " · ".join(filter(None, [first, "writing…"]))
+    if state.total_ms is None:
+        return None
+    return " · ".join(filter(None, [f"vision {state.vision_ms or 0:.0f} ms", f"decode {state.decode_ms or 0:.0f} ms",
+                                    first, f"total {state.total_ms:.0f} ms", f"{state.tokens_per_s or 0:.1f} tok/s"]))
 
 
 def overlay_lines(state: OverlayState) -> list[str]:
     """The overlay's text, top to bottom: caption, timings, camera + model, status."""
-    lines = [state.caption or WAITING]
+    caption = state.caption + STREAMING_MARK if state.caption and state.streaming else state.caption
+    lines = [caption or WAITING]
     if state.answer:
         lines.append(state.answer)
-    if state.total_ms is not None:
-        lines.append(f"vision {state.vision_ms or 0:.0f} ms · decode {state.decode_ms or 0:.0f} ms · "
-                     f"total {state.total_ms:.0f} ms · {state.tokens_per_s or 0:.1f} tok/s")
+    timings = timings_line(state)
+    if timings is not None:
+        lines.append(timings)
     model = f"{state.model} ({state.precision})" if state.model else "no model yet"
     lines.append(f"camera {state.camera_fps:.1f} fps · {model}")
     if state.status:
