@@ -104,6 +104,7 @@ def write_random_checkpoint(folder: Path, cfg, seed: int = 0, shard_bytes: int =
         total = sum(4 * torch.Size(shape).numel() for _, shape in params)
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    cfg.architectures = ["Blip2ForConditionalGeneration"]  # as model.save_pretrained records it; loaders read it
     cfg.save_pretrained(tmp)
     write_tokenizer(tmp, cfg.text_config.vocab_size, cfg.image_token_index)
     tmp.rename(folder)  # only a complete folder ever carries the final name

@@ -80,6 +80,7 @@ def test_random_checkpoint_layout(tmp_path, n):
     folder = bench_blip2.write_random_checkpoint(tmp_path / "ck", cfg, shard_bytes=total // n + 1)
     shards = len(list(folder.glob("*.safetensors")))
     assert shards == 1 if n == 1 else shards >= n and (folder / "model.safetensors.index.json").is_file()
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["Blip2ForConditionalGeneration"]
     m, info = transformers.Blip2ForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert 0.01 < m.vision_model.encoder.layers[0].mlp.fc1.weight.std() < 0.03  # not transformers' 1e-10
