@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
+from app.notify import validate_url
 from app.sources.base import SOURCE_HELP, SourceSpec, is_utf8, parse_source_spec, shown
+from app.watches import WatchError, validate_watch
 
 # pacing faster than 100 images a second only burns the CPU; an hour apart is a still image already
 # (and an infinite interval would overflow the capture thread's wait)
@@ -30,6 +32,8 @@ class AppConfig:
     settings_path: Path | None = None
     fullscreen: bool = False  # kiosk mode for this run (a command-line choice, not saved)
     speak: bool = False  # speak captions and answers this run (the drawer's toggle, not saved)
+    watches: tuple[str, ...] = ()  # --watch texts
+    notify_url: str = ""  # --notify-url: POST each watch event as JSON here
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -70,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speak", action="store_true",
                    help="speak captions (when they change in meaning) and answers aloud with espeak-ng "
                         "(the drawer's Voice toggle; off by default)")
+    p.add_argument("--watch", action="append", default=[], metavar="TEXT",
+                   help="watch for TEXT (e.g. \"a person at the door\"; repeatable): each captioned frame is "
+                        "scored with the matching model and each firing is printed to stdout as one JSON line, "
+                        "with a snapshot tagged with the watch (works headless, offscreen)")
+    p.add_argument("--notify-url", metavar="URL",
+                   help="POST each watch event as JSON to this http(s) URL")
     p.add_argument("--exit-after-captions", type=int, metavar="N",
                    help="print the first N captions to stdout, one per line, then exit 0 "
                         "(checks an install; works offscreen)")
@@ -96,6 +106,17 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
         parser.error(f"--exit-after-captions must be at least 1, got {args.exit_after_captions}")
     if not MIN_INTERVAL <= args.interval <= MAX_INTERVAL:
         parser.error(f"--interval must be in [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}] seconds, got {args.interval:g}")
+    watches = []
+    for text in args.watch:
+        try:
+            watches.append(validate_watch(text))
+        except WatchError as e:
+            parser.error(f"--watch: {e}")
+    if args.notify_url is not None:
+        try:
+            validate_url(args.notify_url)
+        except ValueError as e:
+            parser.error(f"--notify-url: {e}")
     if args.settings is not None and not is_utf8(str(args.settings)):
         # Qt would silently drop the undecodable bytes and use another file
         parser.error(f"--settings path {shown(str(args.settings))} is not valid UTF-8, which Qt cannot open; rename it")
@@ -108,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
             vqa = None
     models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
     return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings,
-                     args.fullscreen, args.speak)
+                     args.fullscreen, args.speak, tuple(dict.fromkeys(watches)), args.notify_url or "")
 
 
 def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:

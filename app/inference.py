@@ -227,6 +227,17 @@ class InferenceEngine:
                              reused_features=encode is None, model=model.name, tag=tag,
                              first_word_ms=stream.first_word_ms)
 
+    def match_texts(self, frame: Frame, texts: list[str]) -> list[tuple[str, float, float]]:
+        """(text, itm, itc) of ``frame`` against each of ``texts`` with the matching model; the
+        frame's features are shared with the caption when one model does both."""
+        from blip_core.errors import WrongTaskError
+
+        model = self.models.matcher
+        if model is None:
+            raise WrongTaskError("no loaded model can match images to text")
+        features, _ = self._features(self.frames, model, frame.index, frame.image)
+        return [(text, float(m.itm), float(m.itc)) for text, m in zip(texts, model.match(features, texts))]
+
     def rank_snapshots(self, query: str, records: list,
                        progress: Callable[[int, int], None] | None = None) -> list[tuple[Any, float, float]]:
         """(record, itm, itc) for the newest MAX_RANKED_SNAPSHOTS records, best match first.

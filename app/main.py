@@ -1,5 +1,8 @@
 """Entry point of ``blip-cam``: parse arguments, create the QApplication and the main window.
 
+``blip-cam --watch TEXT`` prints each watch event to stdout as one JSON line (``WatchPrinter``);
+without a display it runs offscreen, so it works headless.
+
 ``blip-cam --exit-after-captions N`` runs the same app and exits 0 after printing its first N
 captions to stdout, one per line: an end-to-end check of an install (camera or scenes, model,
 worker, GUI). Without a display it switches to Qt's offscreen platform by itself.
@@ -73,6 +76,20 @@ class ExitAfterCaptions:
             self.quit()
 
 
+class WatchPrinter:
+    """Prints each watch event as one JSON line (ASCII) and keeps captioning continuous meanwhile."""
+
+    def __init__(self, window, out: TextIO = sys.stdout):
+        self.out = out
+        self.events = 0
+        window.set_continuous(True, persist=False)
+        window.watch_fired.connect(self._on_event)
+
+    def _on_event(self, event) -> None:
+        self.events += 1
+        print(event.to_json(), file=self.out, flush=True)
+
+
 def _quiet_offscreen() -> None:
     """Offscreen, Qt warns that it cannot raise windows or propagate size hints; that is expected
     there and would only clutter ``--exit-after-captions`` output. Other messages pass through."""
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None, *, loader: Loader | None = None, source:
     and embedding; the command line never sets them.
     """
     config: AppConfig = parse_args(argv)  # exits 2 with one line on stderr for bad arguments
-    if config.exit_after_captions and not _has_display():
+    if (config.exit_after_captions or config.watches) and not _has_display():
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a headless Pi / CI box can still self-check
     problem = _preflight()
     if problem:
@@ -122,6 +139,7 @@ def main(argv: list[str] | None = None, *, loader: Loader | None = None, source:
     checker = (
         ExitAfterCaptions(window, config.exit_after_captions, quit=app.quit) if config.exit_after_captions else None
     )
+    printer = WatchPrinter(window) if config.watches else None  # noqa: F841 - lives as long as the window
 
     # Ctrl-C in the terminal closes the window cleanly; the idle timer lets Python see the signal
     # while Qt's event loop runs (it otherwise only runs Python code on Qt events)

@@ -14,10 +14,12 @@ showing its first words would make a still scene flicker at every caption.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QResizeEvent, QShortcut
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -43,6 +45,7 @@ from app.settings import Settings
 from app.snapshots import SnapshotRecord
 from app.sources import FrameSource, make_source
 from app.sources.base import Frame
+from app.watch_controller import WatchController
 from app.widgets.controls import CaptionControls
 from app.widgets.overlay import STREAMING_MARK, OverlayState, answer_line
 from app.widgets.plain_text import plain_label
@@ -51,6 +54,7 @@ from app.widgets.question_panel import QuestionPanel
 from app.widgets.snapshot_browser import SnapshotBrowser
 from app.widgets.speech_controls import SpeechControls
 from app.widgets.touch import touch_sized
+from app.widgets.watch_panel import HIGHLIGHT_MS, WatchPanel
 from app.worker import InferenceWorker, RankOutcome, SnapshotReader, SnapshotSaver
 
 CAPTIONS_KEPT = 20  # recent captions by frame, so a snapshot of a frozen frame finds its caption
@@ -73,6 +77,7 @@ class MainWindow(QMainWindow):
     # thread and disconnected with the window, so a listener never outlives what it watches
     source_failing = Signal(str, int)
     speech_failed = Signal(str)  # from the speech thread; queued to the GUI thread
+    watch_fired = Signal(object)  # watches.WatchEvent, after its snapshot was saved (or failed)
 
     def __init__(self, config: AppConfig, settings: Settings, *, loader: Loader | None = None,
                  source: FrameSource | None = None, retry_delays: tuple[float, ...] | None = None):
@@ -94,6 +99,7 @@ class MainWindow(QMainWindow):
         self.load_message = "loading models…"
         self.browser: SnapshotBrowser | None = None
         self.speech: speech.SpeechQueue | None = None  # while the Voice toggle is on
+        self._watch_alert: tuple[str, float] | None = None  # (overlay line, until when: monotonic s)
         self._started = self._shut_down = False
         self._saved_continuous: bool | None = None
         self._compact: bool | None = None  # unknown until the first resize
@@ -108,7 +114,12 @@ class MainWindow(QMainWindow):
         self._folder_override = config.snapshot_dir  # --snapshot-dir: this run only, not saved
 
         self._build_ui()
+        self.watcher = WatchController(self.worker, self.saver, self.watch_panel, self._watch_snapshot, parent=self)
         self._connect()
+        for text in config.watches:  # checked by parse_args
+            self.watcher.add(text)
+        if config.notify_url:
+            self.watcher.set_url(config.notify_url)
         self.controls.load(settings)
         self.preview.set_overlay_position(self.controls.overlay_position.currentText())
         if config.speak or settings.get("speech/enabled"):
@@ -205,6 +216,8 @@ class MainWindow(QMainWindow):
         content_layout.addWidget(snapshots)
         self.voice = SpeechControls()
         content_layout.addWidget(self.voice)
+        self.watch_panel = WatchPanel()
+        content_layout.addWidget(self.watch_panel)
         content_layout.addStretch(1)
         self.drawer = QScrollArea()
         self.drawer.setObjectName("drawer")
@@ -244,6 +257,8 @@ class MainWindow(QMainWindow):
         self.browse_button.clicked.connect(self.open_browser)
         self.voice.speak.toggled.connect(self._on_speak_toggled)
         self.speech_failed.connect(self._on_speech_failed)
+        self.watcher.fired.connect(self.watch_fired)
+        self.watcher.alert.connect(self._on_watch_alert)
 
     # --- size, screen and touch ------------------------------------------------------------------
 
@@ -386,6 +401,8 @@ class MainWindow(QMainWindow):
         status = "paused (P resumes)" if self.paused else ""
         if not self.can_caption:
             status = self.load_message
+        if self._watch_alert is not None and time.monotonic() < self._watch_alert[1]:
+            status = " · ".join(filter(None, [self._watch_alert[0], status]))
         fps = self.latest_frame.fps if self.latest_frame else 0.0
         p = self.partial_caption
         if p is not None:
@@ -428,6 +445,7 @@ class MainWindow(QMainWindow):
         self.notice.setVisible(bool(models.notices))
         if self.browser is not None:
             self.browser.set_ranker(models.matcher.name if models.matcher else None)
+        self.watcher.set_models(models)
         self._refresh_overlay()
         if first and self.continuous and self.latest_frame is not None and not self.paused:
             self.worker.request_caption(self.latest_frame, self.controls.options())
@@ -536,6 +554,10 @@ class MainWindow(QMainWindow):
         frame = self.focus_frame()
         if frame is None:
             return None
+        return frame, self.snapshot_record(frame)
+
+    def snapshot_record(self, frame: Frame) -> SnapshotRecord:
+        """The sidecar of a snapshot of ``frame``: its caption if it has one, its answered questions."""
         c = self.captions.get(frame.index)
         answerer = self.models.answerer if self.models else None
         record = SnapshotRecord(
@@ -550,7 +572,16 @@ class MainWindow(QMainWindow):
             frame={"index": frame.index, "source": frame.source, "width": frame.size[0], "height": frame.size[1],
                    **({"scene": frame.meta} if frame.meta.get("captions") else {})},
         )
-        return frame, record
+        return record
+
+    def _watch_snapshot(self, frame: Frame, watch: dict):
+        """A watch fired on ``frame``: where and what to save, the record tagged with the watch."""
+        return self.snapshot_folder(), frame.image, replace(self.snapshot_record(frame), watch=watch)
+
+    def _on_watch_alert(self, line: str) -> None:
+        self._watch_alert = (line, time.monotonic() + HIGHLIGHT_MS / 1000)
+        self._refresh_overlay()
+        QTimer.singleShot(HIGHLIGHT_MS + 50, self, self._refresh_overlay)
 
     def save_snapshot(self) -> None:
         content = self.snapshot_content()
@@ -662,6 +693,7 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         if self.speech is not None:
             self.speech.shutdown()
+        self.watcher.shutdown()
         self.capture.shutdown()
         self.worker.shutdown()
         self.snapshot_reader.shutdown()

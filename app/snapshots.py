@@ -87,6 +87,7 @@ class SnapshotRecord:
     frame: dict = field(default_factory=dict)
     time: str = ""
     image: str = ""
+    watch: dict = field(default_factory=dict)  # the watch that took it: {"text", "itm", "itc"}; empty when S did
     version: int = SIDECAR_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -104,6 +105,8 @@ class SnapshotRecord:
 
     def search_text(self) -> str:
         parts = [self.caption] + [f"{q.get('question', '')} {q.get('answer') or ''}" for q in self.qa]
+        if isinstance(self.watch, dict) and isinstance(self.watch.get("text"), str):
+            parts.append(self.watch["text"])
         return " ".join(parts)
 
 

@@ -26,6 +26,7 @@ from app.model_choice import LoadedModels, Loader, ModelRequest, default_loader
 from app.prompts import CaptionOptions
 from app.snapshots import SnapshotError, SnapshotRecord, read_thumbnail, scan_snapshots, write_snapshot
 from app.sources.base import Frame
+from app.watches import WatchScores
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class InferenceWorker(JobThread):
     rank_ready = Signal(object)  # RankOutcome
     rank_failed = Signal(str)
     rank_progress = Signal(int, int)  # snapshots ranked so far, of how many (throttled; the last always sent)
+    watch_scores = Signal(object)  # watches.WatchScores of a frame just captioned (when watches are set)
+    watch_failed = Signal(str)
 
     def __init__(self, loader: Loader | None = None, parent=None):
         super().__init__("inference", parent)
@@ -112,6 +115,7 @@ class InferenceWorker(JobThread):
         self._latest_rank = 0  # written on the GUI thread only; the worker thread compares
         self._caption_count = 0  # caption requests so far (GUI thread)
         self._abandon_before = 0  # a running caption with a smaller number stops at its next token
+        self._watch_texts: tuple[str, ...] = ()  # replaced whole on the GUI thread, read here
 
     # --- submissions (GUI thread) -------------------------------------------------------------
 
@@ -129,6 +133,10 @@ class InferenceWorker(JobThread):
         if supersede:
             self._abandon_before = number
         self.submit_latest(lambda: self._caption(number, frame, options))
+
+    def set_watches(self, texts) -> None:
+        """Score each captioned frame against ``texts`` from now on (empty: stop scoring)."""
+        self._watch_texts = tuple(texts)
 
     def ask(self, frame: Frame, question: str, tag: Any = None) -> None:
         self.submit(lambda: self._answer(frame, question, tag))
@@ -191,6 +199,20 @@ class InferenceWorker(JobThread):
             self.caption_failed.emit(_message(e))
             return
         self.caption_ready.emit(outcome)
+        self._score_watches(frame, outcome.text)
+
+    def _score_watches(self, frame: Frame, caption: str) -> None:
+        texts = self._watch_texts
+        if not texts or self.engine.models.matcher is None:
+            return  # the window says when the models cannot match
+        try:
+            scores = self.engine.match_texts(frame, list(texts))
+        except Exception as e:
+            if not _is_user_error(e):
+                log.exception("watch scoring failed")
+            self.watch_failed.emit(_message(e))
+            return
+        self.watch_scores.emit(WatchScores(frame, caption, scores))
 
     def _answer(self, frame: Frame, question: str, tag: Any) -> None:
         throttle = Throttle(PARTIAL_INTERVAL)
@@ -250,24 +272,28 @@ class SnapshotSaver(JobThread):
 
     saved = Signal(object)  # SnapshotRecord with .path set
     failed = Signal(str)
+    finished = Signal(object, object)  # the save's tag (when given), SnapshotRecord with .path or None if failed
 
     def __init__(self, parent=None):
         super().__init__("snapshots", parent)
 
-    def save(self, folder: str | Path, image, record: SnapshotRecord) -> None:
-        self.submit(lambda: self._save(Path(folder), image, record))
+    def save(self, folder: str | Path, image, record: SnapshotRecord, tag: Any = None) -> None:
+        """Write a snapshot; ``tag`` (e.g. a watch event) comes back with ``finished`` either way."""
+        self.submit(lambda: self._save(Path(folder), image, record, tag))
 
-    def _save(self, folder: Path, image, record: SnapshotRecord) -> None:
+    def _save(self, folder: Path, image, record: SnapshotRecord, tag: Any = None) -> None:
+        saved = None
         try:
             saved = write_snapshot(folder, image, record)
         except SnapshotError as e:
             self.failed.emit(str(e))
-            return
         except Exception as e:  # e.g. an encoder error: report it, keep the app running
             log.exception("snapshot failed")
             self.failed.emit(f"Snapshot not saved: {type(e).__name__}: {e}")
-            return
-        self.saved.emit(saved)
+        else:
+            self.saved.emit(saved)
+        if tag is not None:
+            self.finished.emit(tag, saved)
 
 
 class SnapshotReader(JobThread):
