@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.model_choice import DEFAULT_CAPTION_MODEL, DEFAULT_VQA_MODEL, PRECISIONS, ModelRequest
+from app.mqtt import parse_broker
 from app.notify import validate_url
 from app.sources.base import SOURCE_HELP, SourceSpec, is_utf8, parse_source_spec, shown
 from app.watches import WatchError, validate_watch
@@ -34,6 +35,7 @@ class AppConfig:
     speak: bool = False  # speak captions and answers this run (the drawer's toggle, not saved)
     watches: tuple[str, ...] = ()  # --watch texts
     notify_url: str = ""  # --notify-url: POST each watch event as JSON here
+    mqtt: str = ""  # --mqtt HOST[:PORT]: publish watch events in Home Assistant's conventions
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a snapshot tagged with the watch (works headless, offscreen)")
     p.add_argument("--notify-url", metavar="URL",
                    help="POST each watch event as JSON to this http(s) URL")
+    p.add_argument("--mqtt", metavar="HOST[:PORT]",
+                   help="publish watch events to this MQTT broker as Home Assistant binary sensors "
+                        "(discovery under homeassistant/; default port 1883)")
     p.add_argument("--exit-after-captions", type=int, metavar="N",
                    help="print the first N captions to stdout, one per line, then exit 0 "
                         "(checks an install; works offscreen)")
@@ -117,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
             validate_url(args.notify_url)
         except ValueError as e:
             parser.error(f"--notify-url: {e}")
+    if args.mqtt is not None:
+        try:
+            parse_broker(args.mqtt)
+        except ValueError as e:
+            parser.error(f"--mqtt: {e}")
     if args.settings is not None and not is_utf8(str(args.settings)):
         # Qt would silently drop the undecodable bytes and use another file
         parser.error(f"--settings path {shown(str(args.settings))} is not valid UTF-8, which Qt cannot open; rename it")
@@ -129,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
             vqa = None
     models = ModelRequest(caption=caption, vqa=vqa, precision=args.precision, threads=args.threads)
     return AppConfig(source, models, args.exit_after_captions, args.interval, args.snapshot_dir, args.settings,
-                     args.fullscreen, args.speak, tuple(dict.fromkeys(watches)), args.notify_url or "")
+                     args.fullscreen, args.speak, tuple(dict.fromkeys(watches)), args.notify_url or "",
+                     args.mqtt or "")
 
 
 def _check_threads(parser: argparse.ArgumentParser, threads: int) -> None:

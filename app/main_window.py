@@ -120,6 +120,8 @@ class MainWindow(QMainWindow):
             self.watcher.add(text)
         if config.notify_url:
             self.watcher.set_url(config.notify_url)
+        if config.mqtt:
+            self.watcher.set_mqtt(config.mqtt)
         self.controls.load(settings)
         self.preview.set_overlay_position(self.controls.overlay_position.currentText())
         if config.speak or settings.get("speech/enabled"):

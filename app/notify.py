@@ -1,8 +1,9 @@
-"""Sending watch events to an HTTP endpoint (a POST of JSON), on a thread of its own. No Qt.
+"""Sending watch events out, each kind of endpoint on a thread of its own: an HTTP POST of JSON
+here, MQTT in ``app.mqtt``. No Qt.
 
 An endpoint is outside the app's control: it may be down, slow or never answer. Events go
 through a bounded queue (the oldest waiting one is dropped when it is full) to one thread that
-posts with a timeout, so a dead endpoint costs that thread its timeout per event and never
+delivers with a timeout, so a dead endpoint costs that thread its timeout per event and never
 touches captioning or the GUI. The URL is user input: only http and https, with a host, no
 spaces or control characters; redirects are not followed (a POST must not wander elsewhere).
 """
@@ -49,14 +50,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class HttpNotifier:
-    """POSTs each event (a dict) as JSON to ``url``. ``on_result(ok, message)`` is called on the
-    notifier's thread after each attempt; ``sent`` / ``failed`` / ``dropped`` count them."""
+class QueuedSender:
+    """Delivers each event (a dict) with ``_deliver`` on its own thread. ``on_result(ok, message)``
+    is called on that thread after each attempt; ``sent`` / ``failed`` / ``dropped`` count them."""
 
-    def __init__(self, url: str, timeout: float = POST_TIMEOUT, on_result: Callable[[bool, str], None] | None = None):
-        self.url = validate_url(url)
+    name = "endpoint"
+
+    def __init__(self, timeout: float, on_result: Callable[[bool, str], None] | None = None):
         self.timeout, self.on_result = timeout, on_result
-        self._opener = urllib.request.build_opener(_NoRedirect)
         self._cond = threading.Condition()
         self._waiting: deque[dict] = deque()
         self._stopping = False
@@ -92,16 +93,29 @@ class HttpNotifier:
                 if self._stopping:
                     return
                 event = self._waiting.popleft()
-            ok, message = self._post(event)
+            ok, message = self._deliver(event)
             if ok:
                 self.sent += 1
             else:
                 self.failed += 1
-                log.warning("notify %s: %s", self.url, message)
+                log.warning("notify %s: %s", self.name, message)
             if self.on_result is not None:
                 self.on_result(ok, message)
 
-    def _post(self, event: dict) -> tuple[bool, str]:
+    def _deliver(self, event: dict) -> tuple[bool, str]:
+        """(delivered?, what happened): never raises."""
+        raise NotImplementedError
+
+
+class HttpNotifier(QueuedSender):
+    """POSTs each event as JSON to ``url``."""
+
+    def __init__(self, url: str, timeout: float = POST_TIMEOUT, on_result: Callable[[bool, str], None] | None = None):
+        self.url = self.name = validate_url(url)
+        self._opener = urllib.request.build_opener(_NoRedirect)
+        super().__init__(timeout, on_result)
+
+    def _deliver(self, event: dict) -> tuple[bool, str]:
         body = json.dumps(event, ensure_ascii=True).encode("ascii")
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json", "User-Agent": "blip-cam"})

@@ -1,8 +1,9 @@
 """Runs the watches in the window (GUI thread): keeps the list, hands it to the inference worker,
 turns each captioned frame's scores into firings (``app.watches``), and for each firing highlights
 it, saves a snapshot tagged with the watch, then reports the event (``fired``) and posts it to the
-notify URL. Nothing here waits: scores come by signal, snapshots are written by the saver's
-thread, posts go out on the notifier's.
+notify URL and the MQTT broker (Home Assistant discovery, ``app.mqtt``). Nothing here waits:
+scores come by signal, snapshots are written by the saver's thread, posts and publishes go out on
+the senders' own threads.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
+from app.mqtt import MqttNotifier
 from app.notify import HttpNotifier, validate_url
 from app.watches import MAX_WATCHES, Watch, WatchError, WatchEvent, WatchRules, WatchScores, validate_watch
 
@@ -35,6 +37,7 @@ class WatchController(QObject):
         self.rules = rules or WatchRules()
         self.watches: dict[str, Watch] = {}
         self.notifier: HttpNotifier | None = None
+        self.mqtt: MqttNotifier | None = None
         self.can_match: bool | None = None  # unknown until the models are loaded
         worker.watch_scores.connect(self._on_scores)
         worker.watch_failed.connect(lambda m: panel.show_status(f"Watches could not be scored: {m}", error=True))
@@ -42,6 +45,7 @@ class WatchController(QObject):
         panel.add_requested.connect(self._on_add_requested)
         panel.remove_requested.connect(self.remove)
         panel.url_entered.connect(self._on_url_entered)
+        panel.mqtt_entered.connect(self._on_mqtt_entered)
         self.notify_result.connect(self._on_notify_result)
 
     # --- the list ------------------------------------------------------------------------------
@@ -95,6 +99,22 @@ class WatchController(QObject):
         if url.strip():
             self.notifier = HttpNotifier(validate_url(url), on_result=self.notify_result.emit)
 
+    def set_mqtt(self, broker: str) -> None:
+        """Publish events to the MQTT broker ``HOST[:PORT]`` from now on ("" stops); ValueError if unusable."""
+        if self.mqtt is not None:
+            self.mqtt.shutdown(timeout=None)
+            self.mqtt = None
+        if broker.strip():
+            self.mqtt = MqttNotifier(broker, on_result=self.notify_result.emit)
+
+    def _on_mqtt_entered(self, broker: str) -> None:
+        try:
+            self.set_mqtt(broker)
+        except ValueError as e:
+            self.panel.show_status(f"Not publishing: {e}", error=True)
+            return
+        self._show_availability()
+
     def _on_url_entered(self, url: str) -> None:
         try:
             self.set_url(url)
@@ -141,9 +161,11 @@ class WatchController(QObject):
 
     def _report(self, event: WatchEvent) -> None:
         self.fired.emit(event)
-        if self.notifier is not None:
-            self.notifier.send(event.to_dict())
+        for sender in (self.notifier, self.mqtt):
+            if sender is not None:
+                sender.send(event.to_dict())
 
     def shutdown(self) -> None:
-        if self.notifier is not None:
-            self.notifier.shutdown()
+        for sender in (self.notifier, self.mqtt):
+            if sender is not None:
+                sender.shutdown()

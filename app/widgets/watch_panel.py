@@ -1,5 +1,5 @@
 """The drawer's watch box: type what to watch for, the list of watches with their latest scores
-(the one that fired highlighted), an optional notify URL, and a line for problems."""
+(the one that fired highlighted), an optional notify URL and MQTT broker, and a line for problems."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class WatchPanel(QGroupBox):
     add_requested = Signal(str)
     remove_requested = Signal(str)
     url_entered = Signal(str)
+    mqtt_entered = Signal(str)
 
     def __init__(self, parent=None):
         super().__init__("Watches", parent)
@@ -41,6 +42,9 @@ class WatchPanel(QGroupBox):
         self.url = QLineEdit()
         self.url.setObjectName("watch_url")
         self.url.setPlaceholderText("notify URL (optional): http://host:port/path")
+        self.mqtt = QLineEdit()
+        self.mqtt.setObjectName("watch_mqtt")
+        self.mqtt.setPlaceholderText("MQTT broker (optional, Home Assistant): host[:port]")
         self.status = plain_label()
         self.status.setObjectName("watch_status")
         self.status.setWordWrap(True)
@@ -49,12 +53,14 @@ class WatchPanel(QGroupBox):
         layout.addWidget(self.list)
         layout.addWidget(self.remove_button)
         layout.addWidget(self.url)
+        layout.addWidget(self.mqtt)
         layout.addWidget(self.status)
 
         self.add_button.clicked.connect(lambda: self.add_requested.emit(self.entry.text()))
         self.entry.returnPressed.connect(lambda: self.add_requested.emit(self.entry.text()))
         self.remove_button.clicked.connect(self._remove_selected)
         self.url.editingFinished.connect(lambda: self.url_entered.emit(self.url.text()))
+        self.mqtt.editingFinished.connect(lambda: self.mqtt_entered.emit(self.mqtt.text()))
 
     def _item(self, text: str) -> QListWidgetItem | None:
         for i in range(self.list.count()):

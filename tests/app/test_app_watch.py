@@ -2,7 +2,7 @@
 the loaded matching model; a watch fires with hysteresis and a cool-down, is highlighted, saves a
 snapshot tagged with it, and is posted as JSON to a real local HTTP server; a dead endpoint does
 not stall captions; models that cannot match are said plainly; ``blip-cam --watch`` prints one JSON
-line per event, headless. (MQTT is not implemented.)"""
+line per event, headless. (MQTT: test_app_watch_mqtt.py.)"""
 
 from __future__ import annotations
 
