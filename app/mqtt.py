@@ -1,6 +1,6 @@
-"""Watch events over MQTT in Home Assistant's conventions, with a minimal MQTT 3.1.1 publisher
-(QoS 0: CONNECT, PUBLISH, DISCONNECT over one short TCP connection per event; a watch fires
-seldom, so no session is kept). No Qt, no third-party client.
+"""Watch events over MQTT in Home Assistant's conventions
+(paho-mqtt's one-shot publisher, QoS 0: connect, publish, disconnect for each event; a watch
+fires seldom, so no session is kept). No Qt.
 
 Each watch is a Home Assistant MQTT ``binary_sensor`` found by discovery:
 - ``homeassistant/binary_sensor/blipcam/<id>/config`` (retained): name, unique_id, state and
@@ -62,50 +62,22 @@ def messages(event: dict) -> list[tuple[str, bytes, bool]]:
             (f"{base}/state", b"ON", False)]
 
 
-# --- MQTT 3.1.1 packets ------------------------------------------------------------------------------
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
-
-
-def connect_packet(client_id: str, keepalive: int = 30) -> bytes:
-    body = _string(b"MQTT") + bytes([4, 0x02]) + keepalive.to_bytes(2, "big") + _string(client_id.encode())
-    return b"\x10" + _length(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, retain: bool = False) -> bytes:
-    body = _string(topic.encode("utf-8")) + payload
-    return bytes([0x30 | (1 if retain else 0)]) + _length(len(body)) + body
-
-
-DISCONNECT = b"\xe0\x00"
-
-
 def publish(host: str, port: int, items: list[tuple[str, bytes, bool]], timeout: float = MQTT_TIMEOUT) -> None:
-    """Connect, publish ``items`` at QoS 0, disconnect. OSError on any failure (refused, timeout,
-    a broker that does not accept the connection)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(connect_packet("blipcam-" + hashlib.sha1(str(id(items)).encode()).hexdigest()[:8]))
-        ack = b""
-        while len(ack) < 4:
-            chunk = sock.recv(4 - len(ack))
-            if not chunk:
-                raise OSError("the broker closed the connection")
-            ack += chunk
-        if ack[0] != 0x20 or ack[3] != 0:
-            raise OSError(f"the broker refused the connection (CONNACK code {ack[3]})")
-        sock.sendall(b"".join(publish_packet(*item) for item in items) + DISCONNECT)
+    """Connect, publish ``items`` at QoS 0, disconnect (paho-mqtt's one-shot publisher). OSError
+    on any failure (refused, timeout, a broker that does not accept the connection)."""
+    from paho.mqtt import publish as paho_publish  # here: the app starts without it being imported
+
+    msgs = [{"topic": topic, "payload": payload, "qos": 0, "retain": retain} for topic, payload, retain in items]
+    previous = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(timeout)  # bounds the connect and the CONNACK wait of this one-shot client
+        paho_publish.multiple(msgs, hostname=host, port=port, keepalive=max(5, int(timeout) * 2))
+    except (OSError, ValueError) as e:
+        raise OSError(str(e) or type(e).__name__) from e
+    except Exception as e:  # paho raises MQTTException (a refused CONNACK) and its own errors
+        raise OSError(f"{type(e).__name__}: {e}") from e
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 class MqttNotifier(QueuedSender):

@@ -16,17 +16,13 @@ import pytest
 from app_fakes import FakeLoader, FakeModel, FakeSource
 
 from app.arguments import parse_args
-from app.mqtt import _length, connect_packet, messages, object_id, parse_broker, publish_packet
+from app.mqtt import messages, object_id, parse_broker
 from app.watches import WatchRules
 
 TOOLS = ("mosquitto", "mosquitto_sub", "mosquitto_pub")
 
 
-def test_packets_and_ids():
-    assert [_length(n) for n in (0, 127, 128, 16383, 16384)] == [b"\x00", b"\x7f", b"\x80\x01", b"\xff\x7f",
-                                                                   b"\x80\x80\x01"]
-    assert connect_packet("c", keepalive=30) == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x1e\x00\x01c"
-    assert publish_packet("a/b", b"ON", retain=True) == b"\x31\x07\x00\x03a/bON"
+def test_topics_and_ids():
     oid = object_id("a cat/+# on the mat")
     assert oid.startswith("a_cat_on_the_mat_") and all(c.isalnum() or c == "_" for c in oid)
     assert object_id("a cat") != object_id("a  cat!")  # different texts, different sensors
