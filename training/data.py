@@ -504,11 +504,13 @@ def _shard_size(url: str) -> int | None:
 
 # ------------------------------------------------------------------------ loading
 def collate(items: list[dict]) -> dict[str, Any]:
-    """Samples -> batch: pixels [B, 3, S, S], image_ids [B], skipped (int), text lists."""
-    batch = {"pixels": torch.stack([it["pixels"] for it in items]),
-             "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
+    """Samples -> batch: pixels [B, 3, S, S] (text-only samples have none), image_ids [B],
+    skipped (int), text lists."""
+    batch = {"image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
              "skipped": sum(it.get("skipped", 0) for it in items)}
-    for key in ("caption", "question", "answers", "weights"):
+    if "pixels" in items[0]:
+        batch["pixels"] = torch.stack([it["pixels"] for it in items])
+    for key in ("caption", "question", "answers", "weights", "text"):
         if key in items[0]:
             batch[key] = [it[key] for it in items]
     return batch

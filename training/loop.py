@@ -101,7 +101,8 @@ def _save(run: Run, optimizer, step: int, skipped: int) -> None:
                  "config": to_dict(run.cfg)}
         config = {"command": run.command, **to_dict(run.cfg)}
         folder = save_checkpoint(step_folder(run.cfg.output_dir, step), run.objective.model,
-                                 run.objective.tokenizer, state, config)
+                                 run.objective.tokenizer, state, config,
+                                 writer=getattr(run.objective, "write_model", None))
         prune(run.cfg.output_dir, run.cfg.keep_checkpoints)
         log.info("saved %s", folder)
     dist.barrier()
@@ -151,11 +152,12 @@ def train(run: Run) -> list[dict]:
             batches = dict(zip(streams, batches))
             lr = lr_at(step, spe, total, lr=cfg.lr, warmup_steps=cfg.warmup_steps, warmup_lr=cfg.warmup_lr,
                        schedule=cfg.schedule, lr_decay=cfg.lr_decay, min_lr=cfg.min_lr)
-            alpha = alpha_at(step, spe, cfg.alpha, cfg.alpha_ramp_epochs)
+            # configs without momentum distillation (BLIP-2) have no alpha
+            alpha = alpha_at(step, spe, cfg.alpha, cfg.alpha_ramp_epochs) if hasattr(cfg, "alpha") else 0.0
             losses = _step(model, objective, optimizer, objective.prepare(batches, info.device), lr, alpha, cfg)
             step += 1
             bar.update(1)
-            window.add(losses, sum(len(b["pixels"]) for b in batches.values()) * info.world,
+            window.add(losses, sum(len(b["image_ids"]) for b in batches.values()) * info.world,
                        sum(b["skipped"] for b in batches.values()))
             if step % cfg.log_every == 0 or step == total:
                 record, skipped_total = window.flush(step, epoch, lr, alpha, objective, info, skipped_total)

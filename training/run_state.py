@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -62,15 +62,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, model: BlipModel, tokenizer: BlipTokenizer, state: dict[str, Any],
-                    config: dict[str, Any]) -> Path:
+                    config: dict[str, Any], writer: Callable[[Path, dict], None] | None = None) -> Path:
     """Write the model and ``state`` (a ``torch.save``-able dict) into ``folder`` atomically, staged
     in ``.step-N.partial-PID`` (the old checkpoint waits in ``.step-N.old-PID`` while it is swapped:
-    ``clean_interrupted_saves`` knows both names)."""
+    ``clean_interrupted_saves`` knows both names). ``writer(staging, extra)`` replaces
+    ``write_model`` for models saved in another layout (BLIP-2's LLM folders)."""
     folder = Path(folder)
     pid = os.getpid()
+    extra = {"training": {"step": state["step"], "command": config.get("command")}}
     with atomic_folder(folder, staging=f".{folder.name}.partial-{pid}", aside=f".{folder.name}.old-{pid}") as staging:
-        write_model(model, staging, tokenizer, extra={"training": {"step": state["step"],
-                                                                   "command": config.get("command")}})
+        if writer is None:
+            write_model(model, staging, tokenizer, extra=extra)
+        else:
+            writer(staging, extra)
         torch.save(state, staging / STATE_FILE)
         (staging / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder

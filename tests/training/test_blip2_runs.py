@@ -1,0 +1,152 @@
+"""The BLIP-2 commands end to end on tiny settings: the scene-text LLM (loadable by transformers'
+OPTForCausalLM and by blip_core), stage 1 from a BLIP checkpoint, stage 2 from stage 1 and the
+LLM, exact resume, and the saved stage-2 model served by ``blip_core.load``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.training.tiny_runs import records
+from training.blip2 import lm_pretrain
+from training.blip2.build import read_llm
+from training.blip2.config import Blip2TrainConfig, LmConfig
+from training.config import parse
+from training.pretrain_blip2 import parse_args
+from training.pretrain_blip2 import run as run_blip2
+from training.run_state import load_state
+
+LM_TINY = dict(width=32, layers=1, heads=2, ffn_dim=64, max_positions=96, max_tokens=64, scene_count=64,
+               batch_size=16, lr=1e-2, warmup_steps=2, log_every=1, progress=False)
+
+
+def _cfg(cls, out: Path, **values):
+    return parse(cls, None, [f"{k}={v}" for k, v in {"output_dir": str(out), **values}.items()])
+
+
+def _stage(stage: str, out: Path, **values) -> Blip2TrainConfig:
+    tiny = dict(num_queries=4, embed_dim=16, image_size=16, scene_count=32, batch_size=8, max_tokens=24, lr=1e-3,
+                warmup_steps=1, log_every=1, progress=False)
+    return parse(Blip2TrainConfig, None, [f"{k}={v}" for k, v in {**tiny, "output_dir": str(out), **values}.items()],
+                 stage=stage)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lm")
+    lm_pretrain.run(_cfg(LmConfig, out, max_steps=8, **LM_TINY))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, pretrained) -> Path:
+    out = tmp_path_factory.mktemp("stage1")
+    run_blip2(_stage("stage1", out, init=pretrained, max_steps=3))
+    return out
+
+
+def test_lm_pretraining_loss_falls_and_transformers_loads_it(lm):
+    from transformers import OPTForCausalLM
+
+    recs = records(lm)
+    assert [r["step"] for r in recs] == list(range(1, 9)) and recs[-1]["loss_lm"] < recs[0]["loss_lm"] - 0.5
+    folder = lm / "checkpoints" / "step-0000008"
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["model_type"] == "opt" and (folder / "tokenizer.json").is_file()
+    hf = OPTForCausalLM.from_pretrained(folder).eval()
+    cfg, tensors, tok = read_llm(folder)  # blip_core's reader: config, tensors, LlmTokenizer
+    from blip_core.model.opt import OptLM
+
+    ours = OptLM(cfg)
+    ours.load_state_dict({k: tensors.get(k) for k in tensors.keys()}, strict=True)
+    ids = torch.tensor([tok.prompt_ids("a red circle. Question: what colour is the circle? Answer:")])
+    with torch.no_grad():
+        assert torch.allclose(ours.logits(ours(ours.embed(ids))), hf(ids).logits, atol=1e-5)
+    assert hf.config.vocab_size == cfg.vocab_size and cfg.eos_id == tok.eos_id
+    # read_llm also accepts the output_dir (its newest checkpoint)
+    assert read_llm(lm)[0] == cfg
+
+
+def test_stage_commands_parse_the_positional_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_queries: 6\n")
+    cfg = parse_args(["stage1", str(path), "lr=3e-4"])
+    assert (cfg.stage, cfg.num_queries, cfg.lr) == ("stage1", 6, 3e-4)
+    assert parse_args(["stage2", "--config", str(path), "llm=x"]).llm == "x"
+
+
+def test_stage1_runs_from_a_blip_checkpoint(stage1):
+    recs = records(stage1)
+    assert {"loss_itc", "loss_itm", "loss_lm", "temp"} <= set(recs[0])
+    folder = stage1 / "checkpoints" / "step-0000003"
+    config = json.loads((folder / "config.json").read_text())["blipcam"]
+    assert config["family"] == "blip2" and config["llm_kind"] is None and config["qformer"]["text_input"]
+    assert "lm_head.dense.weight" in load_state(folder)["objective"]
+
+
+def test_stage1_resume_is_exact(tmp_path, pretrained):
+    common = dict(init=pretrained, max_steps=4, save_every=2, keep_checkpoints=5)
+    run_blip2(_stage("stage1", tmp_path / "a", **common))
+    run_blip2(_stage("stage1", tmp_path / "b", resume=tmp_path / "a" / "checkpoints" / "step-0000002", **common))
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
+    keys = ("loss_itc", "loss_itm", "loss_lm", "lr", "temp")
+    assert [r["step"] for r in b] == [3, 4]
+    assert [[r[k] for k in keys] for r in a[2:]] == [[r[k] for k in keys] for r in b]
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "step-0000004" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "step-0000004" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_stage2_from_stage1_keeps_the_llm_and_loads_with_blip_core(tmp_path, stage1, lm):
+    import blip_core
+    from blip_core.api_blip2 import Blip2
+
+    out = tmp_path / "s2"
+    run_blip2(_stage("stage2", out, init=stage1, llm=lm, max_steps=3))
+    recs = records(out)
+    assert [r["step"] for r in recs] == [1, 2, 3] and all(r["loss_lm"] > 0 for r in recs)
+    folder = out / "checkpoints" / "step-0000003"
+    saved = load_file(str(folder / "model.safetensors"))
+    llm = load_file(str(lm / "checkpoints" / "step-0000008" / "model.safetensors"))
+    assert all(torch.equal(saved[f"language_model.{k}"], v) for k, v in llm.items())  # frozen: unchanged
+    s1 = load_file(str(stage1 / "checkpoints" / "step-0000003" / "model.safetensors"))
+    assert not torch.equal(saved["qformer.query_tokens"], s1["qformer.query_tokens"])  # trained
+    assert torch.equal(saved["vision.blocks.0.attn.qkv.weight"], s1["vision.blocks.0.attn.qkv.weight"])  # frozen
+    model = blip_core.load(str(folder))
+    assert isinstance(model, Blip2)
+    from blip_core import scenes
+
+    answer = model.answer(scenes.render(scenes.stream_seed(5, 0), 16, 2).image, "what colour is the circle?")
+    assert isinstance(answer.text, str)
+
+
+def test_stage2_without_stage1_starts_from_the_text_encoder(tmp_path, pretrained, lm):
+    out = tmp_path / "s2"
+    run_blip2(_stage("stage2", out, init=pretrained, llm=lm, max_steps=2, task="vqa", scene_count=16))
+    assert [r["step"] for r in records(out)] == [1, 2]
+
+
+def test_stage1_under_torchrun_two_processes(tmp_path, pretrained):
+    """gloo on CPU: ITC negatives and ITM candidates gathered over both ranks (equal padding),
+    rank 0 logs and saves, every rank's random stream is kept."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    args = dict(init=pretrained, num_queries=4, embed_dim=16, image_size=16, scene_count=32, batch_size=4,
+                max_tokens=24, max_steps=2, log_every=1, progress="false", output_dir=tmp_path)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "training.pretrain_blip2", "stage1", *[f"{k}={v}" for k, v in args.items()]],
+                       capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = records(tmp_path)
+    assert [r["step"] for r in recs] == [1, 2] and all(r["images_per_s"] > 0 for r in recs)
+    state = load_state(tmp_path / "checkpoints" / "step-0000002")
+    assert state["world"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
