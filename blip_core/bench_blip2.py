@@ -382,7 +382,7 @@ def report_lines(results: dict) -> list[str]:
     load = {c: r["loadavg_15min"] for c, r in runs.items() if "loadavg_15min" in r}
     if load:
         lines.append("\nThe machine is shared and the configurations ran at different times: 15-minute load average "
-                     "(2 cores) at the end of each process: "
+                     "(2 cores) at, or just after, the end of each process: "
                      + ", ".join(f"{c.replace('-', ' ')} {v:.1f}" for c, v in load.items())
                      + " (above 2, other work took CPU time from the bench; compare min–max as well as medians).")
     for config, why in results.get("skipped", {}).items():
