@@ -25,7 +25,7 @@ from blip_core.checkpoints.vocab import tokenizer_for
 from blip_core.errors import BadInputError, BlipError, import_torch
 from blip_core.generation import DecodingOptions, generate, softmax, whole_number
 from blip_core.hub import Progress, fetch, looks_like_hub_id
-from blip_core.loaded import LoadedModel, elapsed_ms, inference
+from blip_core.loaded import LoadedModel, checked_texts, elapsed_ms, inference
 from blip_core.model.config import TASKS
 from blip_core.model.limits import MAX_QUESTION_TOKENS, MAX_TEXT_TOKENS
 from blip_core.ranking import rank_answers
@@ -175,13 +175,10 @@ class Blip(LoadedModel):
     def match(self, image, texts: Sequence[str]) -> list[MatchResult]:
         """ITM match probability (``[ENC]`` + cross-attention) and ITC cosine for each text."""
         self._require("match")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-            raise BadInputError("give one or more non-empty texts to match")
+        texts = checked_texts(texts)
         f, _ = self._features(image)
-        enc = map(self._in, self.tokenizer.arrays(list(texts), first="enc", max_length=MAX_TEXT_TOKENS))
-        cls = map(self._in, self.tokenizer.arrays(list(texts), first="cls", max_length=MAX_TEXT_TOKENS))
+        enc = map(self._in, self.tokenizer.arrays(texts, first="enc", max_length=MAX_TEXT_TOKENS))
+        cls = map(self._in, self.tokenizer.arrays(texts, first="cls", max_length=MAX_TEXT_TOKENS))
         itm = np.asarray(self.model.itm_logits(f.embeds, *enc, cross_kv=self._cross_kv(f, "text_encoder")))
         itm = softmax(itm.astype(np.float32))[:, 1]
         itc = np.asarray(self.model.text_features(*cls)) @ np.asarray(self.model.image_features(f.embeds))[0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from blip_core.errors import BadInputError, WrongTaskError
 from blip_core.generation import DecodingOptions, generate, softmax
-from blip_core.loaded import LoadedModel, elapsed_ms, inference
+from blip_core.loaded import LoadedModel, checked_texts, elapsed_ms, inference
 from blip_core.model.limits import MAX_TEXT_TOKENS
 from blip_core.results import AnswerResult, CaptionResult, ImageFeatures, MatchResult, Timings
 from blip_core.tokenizer import require_text
@@ -138,12 +138,9 @@ class Blip2(LoadedModel):
         """ITM match probability (queries and text under the bidirectional mask) and ITC cosine (the
         highest of the 32 query similarities) for each text."""
         self._require("match")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-            raise BadInputError("give one or more non-empty texts to match")
+        texts = checked_texts(texts)
         f, _ = self._features(image)
-        ids, mask = map(self._in, self.tokenizer.arrays(list(texts), first="cls", max_length=MAX_TEXT_TOKENS))
+        ids, mask = map(self._in, self.tokenizer.arrays(texts, first="cls", max_length=MAX_TEXT_TOKENS))
         itm = softmax(np.asarray(self.model.itm_logits(f.embeds, ids, mask), dtype=np.float32))[:, 1]
         itc = np.asarray(self.model.itc(f.embeds, ids, mask))[0]
         return [MatchResult(t, float(a), float(c)) for t, a, c in zip(texts, itm, itc)]

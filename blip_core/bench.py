@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from blip_core.bench_measure import machine, median_ms, vmhwm_mb
 from blip_core.errors import BadInputError
 
 PROMPT = "a picture of "
@@ -195,13 +194,6 @@ def caption_quality(source: str, n: int) -> dict:
 
 
 # ------------------------------------------------------------------ peak RSS
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def rss_child(config: str, model: str, threads: int) -> None:
     """Load + one caption in this fresh process, then print its peak RSS. Ours int8 runs as a user's
     would: without torch (``torch_loaded`` in the output tells)."""
@@ -215,7 +207,7 @@ def rss_child(config: str, model: str, threads: int) -> None:
         from blip_core import load
 
         load(model, precision=config.split("-")[1], threads=threads, warmup=False).caption(image, **CAPTION)
-    print(json.dumps({"config": config, "vmhwm_mb": _vmhwm_mb(), "torch_loaded": "torch" in sys.modules}))
+    print(json.dumps({"config": config, "vmhwm_mb": vmhwm_mb(), "torch_loaded": "torch" in sys.modules}))
 
 
 def peak_rss(config: str, model: Path, threads: int) -> dict:
@@ -257,10 +249,6 @@ def study_rows(args, model: Path) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"the study's transformers failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _median_ms(xs: list[float]) -> float:
-    return statistics.median(xs) * 1000
 
 
 NOTES_FILE = "benchmark_notes.md"  # beside the report (docs/)
@@ -418,7 +406,6 @@ def main(args) -> int:
     except ImportError as e:
         raise BadInputError(f"blip bench needs the dev extras ({e.name}): pip install -e '.[dev]'") from e
     from blip_core import load
-    from blip_core.api import physical_cores
     from blip_core.int8.cache import cache_root
 
     torch.set_num_threads(args.threads)
@@ -433,11 +420,11 @@ def main(args) -> int:
     rows = []
 
     def record(workload, times, baseline):
-        base = _median_ms(times[baseline])
+        base = median_ms(times[baseline])
         for k, v in times.items():
-            rows.append({"workload": workload, "config": k, "median_ms": _median_ms(v), "min_ms": min(v) * 1000,
-                         "max_ms": max(v) * 1000, "speedup": base / _median_ms(v)})
-            print(f"{workload:28s} {k:20s} {_median_ms(v):9.0f} ms  {base / _median_ms(v):5.1f}x", flush=True)
+            rows.append({"workload": workload, "config": k, "median_ms": median_ms(v), "min_ms": min(v) * 1000,
+                         "max_ms": max(v) * 1000, "speedup": base / median_ms(v)})
+            print(f"{workload:28s} {k:20s} {median_ms(v):9.0f} ms  {base / median_ms(v):5.1f}x", flush=True)
 
     record("new-frame caption, greedy", interleaved({
         "transformers fp32": lambda: hf_cap.caption(image),
@@ -485,16 +472,10 @@ def main(args) -> int:
                 torch_free.append(config)
             print(f"peak RSS {config}: {rss[config]:.0f} MB (torch {'' if child['torch_loaded'] else 'not '}loaded)",
                   flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     results = {
         "rows": rows, "rss": rss, "rss_without_torch": torch_free, "quality": quality,
         "threads": args.threads, "repeats": args.repeats,
-        "machine": f"{cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical), {platform.machine()}",
+        "machine": machine(),
         "weights": str(args.model or "BLIP-base size, seeded random (transformers init, ViT at std 0.02)"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "onnxruntime": onnxruntime.__version__},

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from blip_core.bench import _median_ms, _vmhwm_mb
+from blip_core.bench_measure import machine, median_ms, vmhwm_mb
 
 CAPTION_TOKENS = 20
 ANSWER_TOKENS = 10
@@ -262,7 +261,7 @@ def child(config: str, folder: Path, threads: int, repeats: int, teacher: Path) 
                 agree += sum(a == b for a, b in zip(pred, item["tokens"]))
                 total += len(item["tokens"])
             out["agreement"] = {"agree": agree, "positions": total, "images": len(t["items"])}
-    out["vmhwm_mb"] = _vmhwm_mb()
+    out["vmhwm_mb"] = vmhwm_mb()
     out["torch_loaded"] = "torch" in sys.modules
     out["loadavg_15min"] = os.getloadavg()[2]  # other work on the machine during this process (it is shared)
     return out
@@ -332,8 +331,8 @@ def summarise(results: dict) -> list[dict]:
         for config, r in runs.items():
             if key not in r:
                 continue
-            ms = _median_ms(r[key])
-            b = _median_ms(base[key]) if key in base else None
+            ms = median_ms(r[key])
+            b = median_ms(base[key]) if key in base else None
             rss = base.get("vmhwm_mb")
             rows.append({"workload": workload, "config": config, "median_ms": ms, "min_ms": min(r[key]) * 1000,
                          "max_ms": max(r[key]) * 1000, "speedup": b / ms if b else None,
@@ -456,18 +455,6 @@ def write_section(results: dict, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------- main
-def _machine() -> str:
-    from blip_core.api import physical_cores
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical), {platform.machine()}"
-
-
 def main(args, folder: Path | None = None) -> int:
     """Run every configuration in its own process and write the BLIP-2 section of ``args.output``.
     With --skip-transformers the transformers figures and teacher of the last run are reused."""
@@ -482,7 +469,7 @@ def main(args, folder: Path | None = None) -> int:
     saved = root / f"{folder.name}-results.json"
     teacher = root / f"{folder.name}-teacher.json"
     previous = json.loads(saved.read_text()) if saved.is_file() else {"runs": {}}
-    results = {"runs": {}, "skipped": {}, "threads": args.threads, "repeats": args.repeats, "machine": _machine(),
+    results = {"runs": {}, "skipped": {}, "threads": args.threads, "repeats": args.repeats, "machine": machine(),
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
                "checkpoint": str(folder)}
     common = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--teacher", str(teacher)]
@@ -505,7 +492,7 @@ def main(args, folder: Path | None = None) -> int:
             results["skipped"][config] = str(e).strip().splitlines()[-1][:300]
             print(f"{config} failed: {results['skipped'][config]}", flush=True)
             continue
-        print(f"{config}: caption {_median_ms(r['caption_s']):.0f} ms, follow-up {_median_ms(r['follow_up_s']):.0f}"
+        print(f"{config}: caption {median_ms(r['caption_s']):.0f} ms, follow-up {median_ms(r['follow_up_s']):.0f}"
               f" ms, peak RSS {r['vmhwm_mb']:.0f} MB, agreement {r.get('agreement')}", flush=True)
         previous["runs"][config] = r  # kept as soon as measured: an interrupted run loses only what was running
         saved.write_text(json.dumps(previous, indent=2))
@@ -541,7 +528,7 @@ def _child_main(argv: list[str]) -> None:
 
         t0 = time.perf_counter()
         load(a.folder, precision="int8", threads=a.threads, warmup=False)
-        res = {"convert_s": time.perf_counter() - t0, "vmhwm_mb": _vmhwm_mb()}
+        res = {"convert_s": time.perf_counter() - t0, "vmhwm_mb": vmhwm_mb()}
     else:
         res = child(a.config, a.folder, a.threads, a.repeats, a.teacher)
     print(json.dumps(res), flush=True)

@@ -36,6 +36,15 @@ def inference(method):
     return wrapper
 
 
+def checked_texts(texts) -> list[str]:
+    """The texts to match: one string or a list of non-empty strings; else a BadInputError."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise BadInputError("give one or more non-empty texts to match")
+    return list(texts)
+
+
 class LoadedModel:
     """A model with its tokenizer. Thread-compatible: one call at a time per object."""
 

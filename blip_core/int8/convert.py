@@ -125,6 +125,22 @@ def quantize(src: Path, dst: Path, blocks: bool, many_rows: bool = False, bits: 
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
+def finish_graph(path: Path, scheme: dict | None) -> Path:
+    """Graph ``path`` -> ``<name>.int8.onnx`` beside it: quantised with ``quantize``'s keywords
+    ``scheme``, or renamed as it is (None: fp32, e.g. a graph with no MatMul, or a test of the
+    export alone)."""
+    target = path.with_name(path.name.replace(".onnx", ".int8.onnx"))
+    if scheme is None:
+        path.rename(target)
+        return target
+    quantize(path, target, **scheme)
+    path.unlink()
+    # the quantiser's copies of the graph (~3x the part's fp32 weights) stay in the heap unless
+    # returned; BLIP-base captioner: peak RSS 3.67 -> 3.3 GB
+    release_free_memory()
+    return target
+
+
 @functools.cache
 def _fast_int8_blocks() -> bool:
     """Whether ``MatMulNBits``' int8 compute (accuracy level 4) is the faster choice for graphs of
@@ -219,18 +235,10 @@ def convert(ck: Checkpoint, folder: Path, quantized: bool = True, progress=None,
             if quantized:
                 step(f"quantise {part}")
             for path in paths:
-                target = tmp / path.name.replace(".onnx", ".int8.onnx")
-                if quantized:
-                    # the captioner's cross keys/values run over every image token; the answer
-                    # decoder's over a question's few
-                    many_rows = path.name == "text_decoder.cross_kv.onnx"
-                    quantize(path, target, blocks=part.endswith("decoder"), many_rows=many_rows)
-                    path.unlink()
-                    # the quantiser's copies of the graph (~3x the part's fp32 weights) stay in
-                    # the heap unless returned; BLIP-base captioner: peak RSS 3.67 -> 3.3 GB
-                    release_free_memory()
-                else:
-                    path.rename(target)
+                # the captioner's cross keys/values run over every image token; the answer
+                # decoder's over a question's few
+                scheme = dict(blocks=part.endswith("decoder"), many_rows=path.name == "text_decoder.cross_kv.onnx")
+                finish_graph(path, scheme if quantized else None)
         step("write heads and config")
         if vocab:
             shutil.copyfile(ck.vocab, tmp / "vocab.txt")

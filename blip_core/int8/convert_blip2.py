@@ -41,7 +41,7 @@ from blip_core.checkpoints import Checkpoint
 from blip_core.checkpoints.atomic import atomic_folder
 from blip_core.checkpoints.fill import meta_model
 from blip_core.int8 import convert as engine
-from blip_core.int8.convert import _export, _fill, _stepper, q8_rows, quantize
+from blip_core.int8.convert import _export, _fill, _stepper, finish_graph, q8_rows
 from blip_core.int8.graphs_blip2 import (
     HeadGraph,
     MatchGraph,
@@ -242,13 +242,7 @@ def convert_blip2(ck: Checkpoint, folder: Path, quantized: bool = True, progress
             _release(model, names)  # free this unit's fp32 weights before quantising
             release_free_memory()
             for path, scheme in graphs:
-                target = tmp / path.name.replace(".onnx", ".int8.onnx")
-                if quantized and scheme is not None:
-                    quantize(path, target, **scheme)
-                    path.unlink()
-                    release_free_memory()
-                else:
-                    path.rename(target)
+                finish_graph(path, scheme if quantized else None)
         step("write heads and config")
         if vocab:
             for name in TOKENIZER_FILES:
