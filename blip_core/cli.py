@@ -223,7 +223,8 @@ def cmd_convert(args) -> int:
 
     ck = open_checkpoint(_local(args.model))
     with _StepBar() as bar:
-        out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None, progress=bar)
+        out = export_int8(ck, args.output, tasks=tuple(args.task) if args.task else None, progress=bar,
+                          llm_bits=args.llm_bits)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.0f} MB; tasks {'+'.join(ck.cfg.tasks)}): load it with precision='int8' "
           "(blip --precision int8 --model, blip-cam --model), on any machine with this blipcam release")
@@ -333,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="a new folder")
     p.add_argument("--task", choices=("caption", "vqa", "match"), action="append",
                    help="keep only this task (repeatable; default: all the checkpoint has)")
+    p.add_argument("--llm-bits", type=int, choices=(4, 8), default=8,
+                   help="BLIP-2: the language model's weights in 8 bits (default, faithful) or 4 (OPT-2.7B: "
+                        "1.7 instead of 3.0 GB, less faithful: see docs/benchmarks.md)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="load a checkpoint and print its report")

@@ -24,7 +24,7 @@ from pathlib import Path
 from blip_core.checkpoints import INT8_FORMAT, read_json, restrict_tasks
 from blip_core.errors import BadInputError, CheckpointError, StorageError, import_torch
 from blip_core.int8.runtime import OrtModel
-from blip_core.int8.spec import ENGINE_VERSION
+from blip_core.int8.spec import ENGINE_VERSION, LLM_BITS
 from blip_core.model.config import BlipConfig
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,10 @@ def fingerprint(ck) -> str:
     src = Path(ck.report.source).resolve()
     files = sorted(src.iterdir()) if src.is_dir() else [src]
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    blob = json.dumps([ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict()], sort_keys=True)
+    key = [ENGINE_VERSION, onnxruntime.__version__, stats, ck.cfg.to_dict()]
+    if ck.family == "blip2":  # the LLM's bits are BLIP-2's own engine choice
+        key.append(LLM_BITS)
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

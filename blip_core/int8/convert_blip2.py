@@ -29,6 +29,7 @@ tied to that table, is a 4-bit graph of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -258,7 +259,9 @@ def convert_blip2(ck: Checkpoint, folder: Path, quantized: bool = True, progress
     step("done")
 
 
-def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None) -> Path:
-    """``blip convert`` for either family: BLIP-2 through ``convert_blip2``, BLIP as before."""
-    converter = convert_blip2 if ck.family == "blip2" else None
+def export_int8(ck: Checkpoint, folder: Path, tasks: tuple[str, ...] | None = None, progress=None,
+                llm_bits: int = LLM_BITS) -> Path:
+    """``blip convert`` for either family: BLIP-2 through ``convert_blip2`` (its LLM in ``llm_bits``),
+    BLIP as before."""
+    converter = functools.partial(convert_blip2, llm_bits=llm_bits) if ck.family == "blip2" else None
     return engine.export_int8(ck, folder, tasks, progress, converter=converter)
