@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from blip_core.bench_measure import machine, median_ms, vmhwm_mb
+from blip_core.bench_measure import AnonPeak, machine, median_ms, vmhwm_mb
 
 CAPTION_TOKENS = 20
 ANSWER_TOKENS = 10
@@ -217,6 +217,7 @@ def child(config: str, folder: Path, threads: int, repeats: int, teacher: Path) 
     """Run ``config`` on ``folder`` in this (fresh) process: load, both workloads, and the
     teacher-forced agreement (the transformers process writes the teacher instead)."""
     t0 = time.perf_counter()
+    anon = AnonPeak()
     caption_images = bench_images(repeats + 1, 7000)
     question_image = bench_images(1, 8000)[0]
     out = {"config": config}
@@ -262,6 +263,7 @@ def child(config: str, folder: Path, threads: int, repeats: int, teacher: Path) 
                 total += len(item["tokens"])
             out["agreement"] = {"agree": agree, "positions": total, "images": len(t["items"])}
     out["vmhwm_mb"] = vmhwm_mb()
+    out["anon_peak_mb"] = anon.stop()
     out["torch_loaded"] = "torch" in sys.modules
     out["loadavg_15min"] = os.getloadavg()[2]  # other work on the machine during this process (it is shared)
     return out
@@ -378,6 +380,11 @@ def report_lines(results: dict) -> list[str]:
             lines.append(f"\n{config.replace('-', ' ')} caption, median parts: preprocess {p['preprocess_ms']:.0f} ms, "
                          f"vision + Q-Former {p['vision_ms']:.0f} ms, prefix and prompt {p['text_ms']:.0f} ms, "
                          f"decoding {p['decode_ms']:.0f} ms; load {r['load_s']:.0f} s")
+    anon = {c: r["anon_peak_mb"] for c, r in runs.items() if "anon_peak_mb" in r}
+    if anon:
+        lines.append("\nAnonymous memory at its peak (sampled every 50 ms; peak RSS above also counts file pages "
+                     "such as memory-mapped weights): " + ", ".join(f"{c.replace('-', ' ')} {v / 1024:.2f} GB"
+                                                                   for c, v in anon.items()) + ".")
     load = {c: r["loadavg_15min"] for c, r in runs.items() if "loadavg_15min" in r}
     if load:
         lines.append("\nThe machine is shared and the configurations ran at different times: 15-minute load average "
@@ -389,7 +396,10 @@ def report_lines(results: dict) -> list[str]:
     if results.get("convert"):
         c = results["convert"]
         lines.append(f"\nThe one-time int8 conversion (first int8 load, cached afterwards; its own process): "
-                     f"{c['convert_s'] / 60:.1f} min, peak RSS {c['vmhwm_mb'] / 1024:.1f} GB.")
+                     f"{c['convert_s'] / 60:.1f} min, peak RSS {c['vmhwm_mb'] / 1024:.1f} GB, of which at most "
+                     f"{c.get('anon_peak_mb', float('nan')) / 1024:.1f} GB anonymous memory (the rest are pages of "
+                     "the memory-mapped checkpoint, which the kernel drops under pressure: the anonymous peak is "
+                     "what must fit, e.g. on an 8 GB Pi).")
     lines += ["", "Teacher-forced next-token agreement with transformers fp32 (its greedy continuations, "
               f"{AGREEMENT_IMAGES} images x {AGREEMENT_TOKENS} tokens, fed to each model; argmax compared per "
               "position):", ""]
@@ -527,8 +537,9 @@ def _child_main(argv: list[str]) -> None:
         from blip_core import load
 
         t0 = time.perf_counter()
+        anon = AnonPeak()
         load(a.folder, precision="int8", threads=a.threads, warmup=False)
-        res = {"convert_s": time.perf_counter() - t0, "vmhwm_mb": vmhwm_mb()}
+        res = {"convert_s": time.perf_counter() - t0, "vmhwm_mb": vmhwm_mb(), "anon_peak_mb": anon.stop()}
     else:
         res = child(a.config, a.folder, a.threads, a.repeats, a.teacher)
     print(json.dumps(res), flush=True)

@@ -33,3 +33,35 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} logical CPUs ({physical_cores()} physical), {platform.machine()}"
+
+
+class AnonPeak:
+    """The peak of this process's anonymous resident memory (``RssAnon``: heap, arenas, copies of
+    weights), sampled every ``interval`` seconds on a daemon thread from creation until ``stop()``.
+    ``VmHWM`` also counts file pages (memory-mapped weights and tables), which the kernel drops
+    and reads again under pressure: anonymous memory is what must fit."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.peak_mb = self._now()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _now() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _sample(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            self.peak_mb = max(self.peak_mb, self._now())
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._now())
+        return self.peak_mb
