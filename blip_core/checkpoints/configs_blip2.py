@@ -160,6 +160,7 @@ def infer_lavis_blip2_config(shapes: dict[str, tuple], saved: dict, where: str =
         v_width, patch = shapes["visual_encoder.cls_token"][-1], shapes["visual_encoder.patch_embed.proj.weight"][-1]
         grid = int(round(max(shapes["visual_encoder.pos_embed"][1] - 1, 0) ** 0.5))
         q = "Qformer.bert.encoder.layer."
+        clip = "visual_encoder.norm_pre.weight" in shapes
         _, num_queries, q_width = shapes["query_tokens"]
         cross = sorted(int(k[len(q):].split(".")[0]) for k in shapes
                        if k.startswith(q) and ".crossattention.self.key.weight" in k)
@@ -167,7 +168,9 @@ def infer_lavis_blip2_config(shapes: dict[str, tuple], saved: dict, where: str =
             "vision.image_size": model.get("image_size", grid * patch), "vision.patch_size": patch,
             "vision.width": v_width, "vision.layers": _layers(shapes, "visual_encoder.blocks."),
             "vision.heads": VISION_HEADS.get(v_width, max(1, v_width // 64)),
-            "vision.mlp_dim": shapes["visual_encoder.blocks.0.mlp.fc1.weight"][0], "vision.eps": 1e-6,
+            "vision.mlp_dim": shapes["visual_encoder.blocks.0.mlp.fc1.weight"][0],
+            # LAVIS's CLIP ViT-L (ln_pre, QuickGELU, LayerNorms at torch's 1e-5) or EVA ViT-g (1e-6)
+            "vision.clip": clip, "vision.eps": 1e-5 if clip else 1e-6,
             "qformer.width": q_width, "qformer.layers": _layers(shapes, q), "qformer.heads": max(1, q_width // 64),
             "qformer.mlp_dim": shapes[f"{q}0.intermediate_query.dense.weight"][0],
             "qformer.cross_every": cross[1] - cross[0] if len(cross) > 1 else max(1, _layers(shapes, q)),

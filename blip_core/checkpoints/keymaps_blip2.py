@@ -91,7 +91,9 @@ QFORMER_LAVIS_KEYS = KeyMap([
     *_ffns(),
 ])
 # LAVIS's EVA ViT: timm names without a final norm (BLIP-2's ln_vision sits outside the ViT)
-EVA_LAVIS_KEYS = KeyMap([(a, b) for a, b in VIT_TIMM_KEYS.pairs if not a.startswith("norm.")])
+# (norm_pre: the CLIP ViT-L variant's ln_pre, see lavis_clip_names)
+EVA_LAVIS_KEYS = KeyMap([(a, b) for a, b in VIT_TIMM_KEYS.pairs if not a.startswith("norm.")]
+                        + [("norm_pre.{p}", "norm_pre.{p}")])
 LN_VISION_KEYS = KeyMap([("{p}", "norm.{p}")])
 QUERY_KEYS = KeyMap([("query_tokens", "query_tokens")])
 
@@ -199,7 +201,54 @@ def lavis_qv_bias(source: "TensorSource") -> "TensorSource":
             else:  # a fused qkv.bias: three times the q bias
                 (d,) = shapes[k[: -len("qkv.bias")] + "q_bias"]
                 fused[k] = (3 * d,)
-        return TensorSource(fused, merge_qv_bias(source.get))
+        merged = merge_qv_bias(source.get)
+        # a fused qkv.bias the file has itself (the CLIP variant's in_proj_bias) is read as it is
+        return TensorSource(fused, lambda k: source.get(k) if k in shapes else merged(k))
+
+    return DeferredTensorSource(make)
+
+
+# ------------------------------------------------------------- LAVIS's CLIP ViT-L/14
+# LAVIS's clip_vit (``vit_model: clip_L``) names: OpenAI CLIP's, under ``visual_encoder.``; the
+# class and position embeddings lack the batch dimensions our ViT's have
+_CLIP_RENAMES = [
+    (re.compile(r"^visual_encoder\.conv1\.weight$"), "visual_encoder.patch_embed.proj.weight"),
+    (re.compile(r"^visual_encoder\.class_embedding$"), "visual_encoder.cls_token"),
+    (re.compile(r"^visual_encoder\.positional_embedding$"), "visual_encoder.pos_embed"),
+    (re.compile(r"^visual_encoder\.ln_pre\.(weight|bias)$"), r"visual_encoder.norm_pre.\1"),
+    (re.compile(r"^visual_encoder\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$"),
+     r"visual_encoder.blocks.\1.attn.qkv.\2"),
+    (re.compile(r"^visual_encoder\.transformer\.resblocks\.(\d+)\.attn\.out_proj\."),
+     r"visual_encoder.blocks.\1.attn.proj."),
+    (re.compile(r"^visual_encoder\.transformer\.resblocks\.(\d+)\.ln_([12])\."), r"visual_encoder.blocks.\1.norm\2."),
+    (re.compile(r"^visual_encoder\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\."), r"visual_encoder.blocks.\1.mlp.fc1."),
+    (re.compile(r"^visual_encoder\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\."),
+     r"visual_encoder.blocks.\1.mlp.fc2."),
+]
+_UNBATCHED = {"visual_encoder.cls_token": 2, "visual_encoder.pos_embed": 1}  # leading dims to add
+
+
+def lavis_clip_names(source: "TensorSource") -> "TensorSource":
+    """``source`` with a CLIP ViT-L's keys (if it has any) under the timm-style names the LAVIS routes
+    map, its class and position embeddings given our batch dimensions; lazy like ``lavis_qv_bias``."""
+    from blip_core.checkpoints.sources import DeferredTensorSource, TensorSource
+
+    def make() -> TensorSource:
+        shapes, back = {}, {}
+        for key, shape in source.shapes.items():
+            new = key
+            for rx, repl in _CLIP_RENAMES:
+                new, n = rx.subn(repl, key)
+                if n:
+                    break
+            shapes[new] = (1,) * _UNBATCHED.get(new, 0) + tuple(shape) if new != key else shape
+            back[new] = key
+
+        def get(key: str):
+            value = source.get(back[key])
+            return value.reshape(shapes[key]) if key in _UNBATCHED and back[key] != key else value
+
+        return TensorSource(shapes, get)
 
     return DeferredTensorSource(make)
 

@@ -169,9 +169,14 @@ def _open_blip2_folder(folder: Path, meta: dict, path: Path) -> Checkpoint:
 def _open_lavis_blip2(path: Path, obj: dict, sd: dict) -> Checkpoint:
     """A LAVIS BLIP-2 ``.pth``: the architecture from its tensors' shapes (and its saved config)."""
     from blip_core.checkpoints.configs_blip2 import infer_lavis_blip2_config
-    from blip_core.checkpoints.keymaps_blip2 import BLIP2_IGNORE_RULES, lavis_blip2_routes, lavis_qv_bias
+    from blip_core.checkpoints.keymaps_blip2 import (
+        BLIP2_IGNORE_RULES,
+        lavis_blip2_routes,
+        lavis_clip_names,
+        lavis_qv_bias,
+    )
 
-    tensors = lavis_qv_bias(TensorSource.from_dict(sd))
+    tensors = lavis_qv_bias(lavis_clip_names(TensorSource.from_dict(sd)))
     saved = obj.get("config") if isinstance(obj.get("config"), dict) else {}
     cfg = infer_lavis_blip2_config(tensors.shapes, saved, where=f"{path}: ")
     return Checkpoint(cfg, tensors, lavis_blip2_routes(cfg), path.parent, LoadReport(str(path), "lavis-blip2"),

@@ -86,7 +86,7 @@ def conversion_units(model: Blip2Model) -> list[tuple[str, list[str]]]:
         return [n for n in names if n.startswith(prefixes)]
 
     last = cfg.vision.layers - 1
-    units = [("vision.embed", under("vision.patch_embed.", "vision.cls_token", "vision.pos_embed"))]
+    units = [("vision.embed", under("vision.patch_embed.", "vision.cls_token", "vision.pos_embed", "vision.norm_pre."))]
     units += [(f"vision.block{i}", under(f"vision.blocks.{i}.", *(("vision.norm.",) if i == last else ())))
               for i in range(cfg.vision.layers)]
     if cfg.llm is None:

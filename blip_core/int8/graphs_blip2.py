@@ -38,15 +38,17 @@ def _attend(q, k, v, bias):
 # ------------------------------------------------------------------ vision
 class VisionEmbedGraph(nn.Module):
     """pixels [B, 3, S, S] -> tokens [B, 1 + N, Dv]: patch convolution, CLS, positions (the model's
-    grid: fill resampled them to it)."""
+    grid: fill resampled them to it), and CLIP's norm before the blocks (the ViT-L variant)."""
 
     def __init__(self, vision: VisionTransformer):
         super().__init__()
         self.patch_embed, self.cls_token, self.pos_embed = vision.patch_embed, vision.cls_token, vision.pos_embed
+        self.norm_pre = vision.norm_pre
 
     def forward(self, pixels):
         x = self.patch_embed(pixels)
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return x if self.norm_pre is None else self.norm_pre(x)
 
 
 class _Blocks(nn.Module):

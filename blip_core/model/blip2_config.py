@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Union
 
 from blip_core.errors import CheckpointError
-from blip_core.model.config import MAX_GRID, MISSING, VisionConfig, as_object, invalid
+from blip_core.model.config import MAX_GRID, MISSING, OPTIONAL, VisionConfig, as_object, invalid
 
 BLIP2_TASKS = ("caption", "vqa", "match")  # caption/vqa: a model with an LLM; match: the ITM model
 LLM_KINDS = ("opt", "t5")
@@ -273,7 +273,7 @@ def checked_blip2_config(values: Mapping[str, Any], llm_kind: str | None, name: 
         prefix = llm_kind if part == "llm" else part
         kw = {}
         for f in fields(cls):
-            value = values.get(f"{part}.{f.name}", MISSING)
+            value = values.get(f"{part}.{f.name}", OPTIONAL.get(f"{part}.{f.name}", MISSING))
             shown = where + name(f"{part}.{f.name}")
             if value is MISSING:
                 raise invalid(shown, "set", value)

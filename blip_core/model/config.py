@@ -27,6 +27,7 @@ class VisionConfig:
     heads: int = 12
     mlp_dim: int = 3072
     eps: float = 1e-6  # BLIP's timm ViT; transformers' BlipVisionConfig uses 1e-5
+    clip: bool = False  # CLIP's ViT (BLIP-2's ViT-L/14 variant): no patch bias, a norm before the blocks, QuickGELU
 
     @property
     def grid(self) -> int:
@@ -165,6 +166,7 @@ TOKEN_IDS = ("text.pad_id", "text.sep_id", "text.dec_id", "text.enc_id")  # rows
 _PARTS = {"vision": VisionConfig, "text": TextConfig}
 FIELDS = tuple(f"{part}.{f.name}" for part, cls in _PARTS.items() for f in fields(cls)) + ("embed_dim",)
 MISSING = object()
+OPTIONAL = {"vision.clip": False}  # fields added later: a file written before them means their default
 
 
 def invalid(name: str, expected: str, value: Any) -> CheckpointError:
@@ -186,6 +188,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_field(field_name: str, value: Any, name: str) -> None:
+    if field_name in OPTIONAL:
+        if not isinstance(value, bool):
+            raise invalid(name, "true or false", value)
+        return
     if field_name.endswith(".eps"):
         lo, hi = EPS_BOUNDS
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -229,6 +235,7 @@ def checked_config(values: Mapping[str, Any], tasks: Any, name: Callable[[str], 
     and ``where`` the file (``".../config.json: "``), for the error. Types and bounds are checked
     field by field, then their relations; the first problem is a one-line CheckpointError naming
     the field."""
+    values = {**OPTIONAL, **values}
     for field_name in FIELDS:
         _check_field(field_name, values.get(field_name, MISSING), where + name(field_name))
     tasks = _check_tasks(tasks, where + name("tasks"))

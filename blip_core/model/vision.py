@@ -13,7 +13,7 @@ from blip_core.model.config import VisionConfig
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=not cfg.clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] -> [B, (H/p)*(W/p), D]"""
@@ -34,11 +34,18 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, T, D))
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, quick_gelu: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()  # exact (erf) GELU, as BLIP and transformers use
+        self.act = QuickGELU() if quick_gelu else nn.GELU()  # exact (erf) GELU, as BLIP and transformers use
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +58,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
         self.attn = Attention(cfg.width, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
-        self.mlp = Mlp(cfg.width, cfg.mlp_dim)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, quick_gelu=cfg.clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -85,6 +92,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.eps) if cfg.clip else None  # CLIP's ln_pre
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
         self.grad_checkpointing = False
@@ -98,6 +106,8 @@ class VisionTransformer(nn.Module):
         if pos.shape[1] != grid * grid + 1:
             pos = resample_pos_embed(pos, grid)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)

@@ -225,3 +225,50 @@ def test_cli_converts_a_blip2_folder_that_then_answers_in_int8(blip2, images, tm
     assert record["answer"] == int8.answer(images[0], "what is it ?").text and record["timings_ms"]["total_ms"] > 0
     assert cli.main(["info", str(out)]) == 0
     assert "int8 graphs; BLIP-2" in capsys.readouterr().out
+
+
+def _clip_lavis_names(clip) -> dict:
+    """A transformers CLIPVisionModel's weights under LAVIS clip_vit's names (OpenAI CLIP's)."""
+    sd, out = clip.state_dict(), {}
+    out["visual_encoder.conv1.weight"] = sd["embeddings.patch_embedding.weight"]
+    out["visual_encoder.class_embedding"] = sd["embeddings.class_embedding"]
+    out["visual_encoder.positional_embedding"] = sd["embeddings.position_embedding.weight"]
+    for p in ("weight", "bias"):
+        out[f"visual_encoder.ln_pre.{p}"] = sd[f"pre_layrnorm.{p}"]
+    for i in range(clip.config.num_hidden_layers):
+        a, b = f"encoder.layers.{i}.", f"visual_encoder.transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{b}attn.in_proj_{p}"] = torch.cat([sd[f"{a}self_attn.{n}_proj.{p}"] for n in "qkv"])
+            out[f"{b}attn.out_proj.{p}"] = sd[f"{a}self_attn.out_proj.{p}"]
+            out[f"{b}ln_1.{p}"], out[f"{b}ln_2.{p}"] = sd[f"{a}layer_norm1.{p}"], sd[f"{a}layer_norm2.{p}"]
+            out[f"{b}mlp.c_fc.{p}"], out[f"{b}mlp.c_proj.{p}"] = sd[f"{a}mlp.fc1.{p}"], sd[f"{a}mlp.fc2.{p}"]
+    return out
+
+
+def test_a_lavis_pth_with_the_clip_vit_l_variant(tmp_path, images):
+    """BLIP-2's ViT-L/14 variant (LAVIS ``vit_model: clip_L``: CLIP's ViT without its last layer and
+    ln_post, then ln_vision): transformers' CLIPVisionModel is the oracle for the image encoder, and
+    transformers' Q-Former over those features for the soft prompt."""
+    from tests.helpers import lavis_names, reinit_, tiny_llm_tokenizer
+
+    clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1, image_size=32,
+        patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)).eval()
+    reinit_(clip, seed=7)
+    hf = tiny_blip2_hf("opt", seed=8, width=64, heads=1)
+    hf.vision_model.post_layernorm.eps = 1e-5  # LAVIS's ln_vision: torch's default eps
+    sd = {k: v for k, v in lavis_names(hf.state_dict(), "opt").items() if not k.startswith("visual_encoder.")}
+    sd.update(_clip_lavis_names(clip))
+    torch.save({"model": sd}, tmp_path / "blip2_vitL.pth")
+    tiny_llm_tokenizer(tmp_path, "opt")  # LAVIS reads the LLM's tokenizer from the hub; ours beside the file
+    m = blip_core.load(tmp_path / "blip2_vitL.pth")
+    assert m.cfg.vision.clip and m.cfg.vision.eps == 1e-5 and not m.report.missing and not m.report.unexpected
+    pixels = torch.from_numpy(pixel_array(images[0], 32))
+    with torch.no_grad():
+        tokens = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        ln = hf.vision_model.post_layernorm
+        want = torch.nn.functional.layer_norm(tokens, tokens.shape[-1:], ln.weight, ln.bias, 1e-5)
+        torch.testing.assert_close(m.model.encode_image(pixels), want, atol=1e-4, rtol=0)
+        queries = hf.qformer(query_embeds=hf.query_tokens, encoder_hidden_states=want).last_hidden_state
+        torch.testing.assert_close(m.model.encode_frame(pixels), hf.language_projection(queries), atol=1e-4, rtol=0)
+    assert m.caption(images[0], max_new_tokens=4).timings.total_ms > 0
