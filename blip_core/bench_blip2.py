@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from blip_core.bench_measure import AnonPeak, machine, median_ms, vmhwm_mb
+from blip_core.int8.spec import LLM_BITS
 
 CAPTION_TOKENS = 20
 ANSWER_TOKENS = 10
@@ -294,7 +295,8 @@ def _gflop(cfg) -> dict:
 # with the A76's dot products 2-3x that; a decoding step reads its weights at ~8-10 GB/s.
 PI_INT8_GFLOPS = (43 * 2, 43 * 3)
 PI_GBPS = (8, 10)
-LLM_BYTES_PER_PARAM = 4.5 / 8  # 4-bit blocks of 32 with a 16-bit scale each (the engine's exact layout may differ)
+# the engine's LLM weights: blocks of 32 at LLM_BITS with an fp32 scale each
+LLM_BYTES_PER_PARAM = (LLM_BITS + 32 / 32) / 8
 
 
 def pi5_estimate(cfg, prompt_tokens: int, int8_rss_mb: float | None) -> dict:
@@ -438,22 +440,32 @@ def targets(results: dict, rows: list[dict]) -> list[tuple[str, str, bool]]:
 def pi5_lines(results: dict) -> list[str]:
     e = results["pi5"]
     rss = e.get("int8_rss_mb")
-    mem = (f"the int8/4-bit model's measured peak RSS here is {rss / 1024:.1f} GB" if rss else
-           f"the int8/4-bit model was not measured here; its weights come to ~{e['weights_gb']:.1f} GB from the "
+    mem = (f"the int8 model's measured peak RSS here is {rss / 1024:.1f} GB" if rss else
+           f"the int8 model was not measured here; its weights come to ~{e['weights_gb']:.1f} GB from the "
            "shapes")
+    c = results.get("convert") or {}
+    if c.get("anon_peak_mb"):
+        fits = "fits" if c["anon_peak_mb"] < 6.5 * 1024 else "does not fit"
+        convert = (f"The one-time int8 conversion reads it block by block: its anonymous memory peaked at "
+                   f"{c['anon_peak_mb'] / 1024:.1f} GB here (the rest of its RSS are pages of the memory-mapped "
+                   f"checkpoint, which the kernel drops), so it {fits} an 8 GB Pi, slowly (it took "
+                   f"{c['convert_s'] / 60:.0f} min on these 2 x86 cores); or convert on a larger machine with "
+                   "`blip convert` and copy the folder over.")
+    else:
+        convert = "Convert on a larger machine with `blip convert` and copy the folder over."
     lo_hi = "{:.1f}–{:.1f} s".format
     lo_hi2 = "{:.2f}–{:.2f} s".format
     return [
         "**Expected on a Raspberry Pi 5** (estimated, not measured; derived as README.md derives BLIP's): the "
         f"ViT-g is {e['vit_gflop']:.0f} GFLOP per image; at int8 with the A76's dot products, 2–3x ncnn's "
         f"~43 GFLOP/s fp32 on four cores, that is {lo_hi(*[e['vit_gflop'] / r for r in PI_INT8_GFLOPS[::-1]])}. "
-        f"A decoding step reads the 4-bit OPT-2.7B and its output table once, ~{e['step_gb']:.2f} GB, "
+        f"A decoding step reads the {LLM_BITS}-bit OPT-2.7B and its output table once, ~{e['step_gb']:.2f} GB, "
         f"{lo_hi2(*e['step_s'])} at the Pi's ~8–10 GB/s. Prompt passes (the 33-token visual prefix, a question) "
         f"are compute-bound at the same int8 rate. Together **about {lo_hi(*e['caption_s'])} per new-frame caption** "
         f"({CAPTION_TOKENS} tokens) and **about {lo_hi(*e['answer_s'])} per follow-up answer** ({ANSWER_TOKENS} "
         f"tokens) with 4 threads. Memory: {mem}, which fits an 8 GB Pi with room for the camera and the GUI "
-        "(not a 4 GB one). The fp32 model (15 GB) and the one-time int8 conversion (which reads it) do not fit "
-        "a Pi: convert on a larger machine with `blip convert` and copy the folder over."
+        "(not a 4 GB one; `blip convert --llm-bits 4` makes the LLM 1.7 instead of 3.0 GB, less faithful). The "
+        f"fp32 model (15 GB) does not fit a Pi. {convert}"
     ]
 
 
