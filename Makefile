@@ -35,7 +35,7 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-slow: $(VENV)/.dev-installed
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m slow
