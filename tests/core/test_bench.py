@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from blip_core import bench
 from tests.helpers import save_hf, seeded_hf_model
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_bench_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("BLIPCAM_CACHE", str(tmp_path / "cache"))
     kw = dict(width=64, heads=2, text_width=64)
@@ -41,6 +44,7 @@ def test_bench_writes_the_report(tmp_path, monkeypatch):
     assert bench.main(args) == 0 and "trained model `cap`, 2 held-out scenes" in out.read_text()
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_peak_memory_children_report_whether_torch_was_loaded(tmp_path, monkeypatch):
     """Each configuration's peak RSS comes from its own process; ours int8 runs there as a user's
     process would, on converted graphs and without torch, while transformers needs it."""

@@ -367,6 +367,7 @@ print("torch loaded:", "torch" in sys.modules)
     assert done.stdout.strip().endswith("True\ntorch loaded: False"), done.stdout
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_int8_keeps_a_trained_models_greedy_captions():
     """On the trained demo model, int8 greedy captions equal fp32's on most scenes (the benchmark
     reports 200 scenes; per-tensor activation quantisation of the decoders gave 69% there)."""

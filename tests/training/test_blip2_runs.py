@@ -130,6 +130,7 @@ def test_stage2_without_stage1_starts_from_the_text_encoder(tmp_path, pretrained
     assert [r["step"] for r in records(out)] == [1, 2]
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_stage1_under_torchrun_two_processes(tmp_path, pretrained):
     """gloo on CPU: ITC negatives and ITM candidates gathered over both ranks (equal padding),
     rank 0 logs and saves, every rank's random stream is kept."""

@@ -167,6 +167,7 @@ def test_experiment_corpora_and_noise_rates(tmp_path):
     assert noise["synthetic"]["false_removed"] == 0.5
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_two_ranks_split_the_work(capfilt_run, corpus, tmp_path):
     """Under torchrun each rank scores its own chunks / shards; the result equals one process's."""
     import os

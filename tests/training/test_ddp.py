@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.training.tiny_runs import records
@@ -63,6 +64,7 @@ def test_two_ranks_stay_identical(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank streams
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_multitask_finetune_under_torchrun(tmp_path, pretrained):
     """Every part (caption, VQA, ITC/ITM with all-rank negatives) in one DDP step, and rank 0's
     epoch-end evaluation while the other rank waits."""
