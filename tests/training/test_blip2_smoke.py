@@ -37,7 +37,7 @@ def _run_all(tmp_path, lm_steps: int | None = None, s1_steps: int | None = None,
 def test_shortened_smoke_runs_both_stages_and_their_losses_fall(tmp_path):
     """``make test``'s share of the smoke (its time budget): a third of the steps, every loss falls
     (ITM from chance towards the class prior; below it needs the full run, in ``make test-slow``)."""
-    lm_recs, s1_recs, s2_recs = _run_all(tmp_path, lm_steps=60, s1_steps=100, s2_steps=60)
+    lm_recs, s1_recs, s2_recs = _run_all(tmp_path, lm_steps=40, s1_steps=70, s2_steps=40)
     assert _fell(lm_recs, "loss_lm", 1.0), lm_recs
     assert _fell(s1_recs, "loss_itc", 0.3) and _fell(s1_recs, "loss_lm", 0.2), s1_recs
     assert _fell(s1_recs, "loss_itm", 0.02), s1_recs
