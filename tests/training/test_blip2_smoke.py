@@ -35,7 +35,7 @@ def _run_all(tmp_path, lm_steps: int | None = None, s1_steps: int | None = None,
 
 
 def test_shortened_smoke_runs_both_stages_and_their_losses_fall(tmp_path):
-    """``make test``'s share of the smoke (its time budget): a third of the steps, every loss falls
+    """``make test``'s share of the smoke (its time budget): 40, 70 and 40 steps, every loss falls
     (ITM from chance towards the class prior; below it needs the full run, in ``make test-slow``)."""
     lm_recs, s1_recs, s2_recs = _run_all(tmp_path, lm_steps=40, s1_steps=70, s2_steps=40)
     assert _fell(lm_recs, "loss_lm", 1.0), lm_recs
