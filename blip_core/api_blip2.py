@@ -25,6 +25,8 @@ from blip_core.tokenizer import require_text
 
 # the paper's zero-shot VQA templates (BLIP-2 §4.2; LAVIS's eval configs use "Short answer" for both)
 ANSWER_TEMPLATES = {"opt": "Question: {} Answer:", "t5": "Question: {} Short answer:"}
+# LAVIS's VQA decoding: OPT length_penalty 0, Flan-T5 -1 (favours short answers under beam search)
+ANSWER_LENGTH_PENALTY = {"opt": 0.0, "t5": -1.0}
 MAX_PROMPT_TOKENS = 256  # an instructed prompt longer than this is not a prompt, it is a document
 
 
@@ -124,9 +126,8 @@ class Blip2(LoadedModel):
         if template.count("{}") != 1:
             raise BadInputError("the answer template must contain exactly one {} where the question goes, "
                                 f"e.g. {self.answer_template!r}")
-        # LAVIS's VQA decoding: OPT length_penalty 0, Flan-T5 -1 (favour short answers under beams)
-        lp = ({"opt": 0.0, "t5": -1.0}[self.cfg.llm_kind] if length_penalty is None else length_penalty) \
-            if self.cfg.llm is not None else 1.0
+        # (_require("vqa") passed: the model has an LLM)
+        lp = ANSWER_LENGTH_PENALTY[self.cfg.llm_kind] if length_penalty is None else length_penalty
         opts = DecodingOptions.build(strategy, num_beams, max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, length_penalty=lp, **decoding)
         texts, ids, timings = self._decode(image, template.format(question.strip()), opts, on_text)
