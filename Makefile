@@ -12,7 +12,7 @@ VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,$(if $(filter aarch64,$(ARCH)),torch --index-url https://download.pytorch.org/whl/cpu,))
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: run test test-slow soak bench aarch64-check capfilt-experiment demo-model screenshot clean
+.PHONY: run test test-slow soak bench aarch64-check capfilt-experiment blip2-experiment demo-model screenshot clean
 
 $(PY):
 	python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -60,6 +60,10 @@ aarch64-check: $(VENV)/.dev-installed
 
 capfilt-experiment: $(VENV)/.dev-installed
 	$(PY) -m training.experiments.capfilt_effect --parallel
+
+# BLIP-2's zero-shot VQA in miniature (issue #18): docs/blip2.md and docs/blip2_results.json
+blip2-experiment: $(VENV)/.dev-installed
+	$(PY) -m training.experiments.blip2_zero_shot
 
 demo-model: $(VENV)/.dev-installed
 	$(PY) -m training.experiments.demo_model

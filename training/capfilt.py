@@ -358,12 +358,9 @@ def run(cfg: CapFiltConfig) -> dict:
 def main(argv: list[str]) -> None:
     args = arg_parser("python -m training.capfilt", __doc__.splitlines()[0]).parse_args(argv)
     cfg = parse(CapFiltConfig, args.config, args.overrides)
-    try:
-        report = run(cfg)
-        if dist.rank() == 0:
-            print(json.dumps(report, indent=2))
-    finally:
-        dist.cleanup()
+    report = run(cfg)
+    if dist.rank() == 0:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

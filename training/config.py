@@ -347,7 +347,10 @@ def from_dict(cls: type[C], d: dict[str, Any]) -> C:
 
 # ----------------------------------------------------------------------------------- CLI
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None:
-    """Run ``main(argv)``; a ``BlipError`` (user error) prints one line and exits 2."""
+    """Run ``main(argv)``; a ``BlipError`` (user error) prints one line and exits 2. The process
+    group (torchrun) is torn down however ``main`` ends."""
+    from . import dist
+
     try:
         main(sys.argv[1:] if argv is None else argv)
     except BlipError as e:
@@ -356,6 +359,8 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        dist.cleanup()
 
 
 class _Parser(argparse.ArgumentParser):

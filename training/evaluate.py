@@ -319,14 +319,11 @@ def main(argv: list[str]) -> None:
     cfg = parse(EvalConfig, args.config, args.overrides, ignore_in_file=TRAINING_ONLY)
     info = dist.init()
     setup_process(cfg, info.main, log_file=False)
-    try:
-        if info.main:
-            with torch.no_grad():
-                result = run(cfg)
-            print(json.dumps(result, indent=2))
-        dist.barrier()
-    finally:
-        dist.cleanup()
+    if info.main:
+        with torch.no_grad():
+            result = run(cfg)
+        print(json.dumps(result, indent=2))
+    dist.barrier()
 
 
 if __name__ == "__main__":

@@ -99,10 +99,7 @@ def main(argv: list[str]) -> None:
     cfg = parse(FinetuneConfig, args.config, args.overrides, **fixed)
     if not cfg.tasks:  # multitask without tasks=: all of them
         cfg = parse(FinetuneConfig, args.config, args.overrides, tasks=",".join(TASK_NAMES))
-    try:
-        run(cfg)
-    finally:
-        dist.cleanup()
+    run(cfg)
 
 
 if __name__ == "__main__":

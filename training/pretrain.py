@@ -43,11 +43,7 @@ def run(cfg: PretrainConfig) -> Run:
 
 def main(argv: list[str]) -> None:
     args = arg_parser("python -m training.pretrain", __doc__.splitlines()[0]).parse_args(argv)
-    cfg = parse(PretrainConfig, args.config, args.overrides)
-    try:
-        run(cfg)
-    finally:
-        dist.cleanup()
+    run(parse(PretrainConfig, args.config, args.overrides))
 
 
 if __name__ == "__main__":

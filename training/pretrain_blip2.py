@@ -57,11 +57,7 @@ def parse_args(argv: list[str]) -> Blip2TrainConfig:
 
 
 def main(argv: list[str]) -> None:
-    cfg = parse_args(argv)
-    try:
-        run(cfg)
-    finally:
-        dist.cleanup()
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -180,3 +180,33 @@ def test_stage2_t5_prefix_lm_splits_each_caption(llm_folder):
     assert (x["dec_ids"][:, 0] == PAD_ID).all()
     real = x["labels"][:, :-1] != -100
     assert torch.equal(x["dec_ids"][:, 1:][real], x["labels"][:, :-1][real])
+
+
+def test_scene_text_parts_are_true_of_their_scene_and_tokenise_as_read(tmp_path):
+    """The frozen LLM's pre-training text: captions of the scene (one or two different ones),
+    then true question/answer pairs, joined by ". " or OPT's ``</s>`` (one token, id EOS_ID)."""
+    from blip_core import scenes
+    from blip_core.scenes.truth import is_true
+    from blip_core.tokenizer import LlmTokenizer
+    from training.blip2.text_data import SEPARATOR, SceneText, caption_text, qa_text
+
+    data = SceneText(3, 400, 3)
+    tok = LlmTokenizer(build_tokenizer(tmp_path / "t" / "tokenizer.json").parent, "opt", BOS_ID, EOS_ID,
+                       len(llm_vocab()))
+    seen = {"separator": 0, "two captions": 0, "no caption": 0, "no question": 0}
+    for key in range(400):
+        text = data[key]["text"]
+        scene = scenes.render(scenes.stream_seed(3, key), 16, 3)
+        head, sep, tail = text.partition(f" {SEPARATOR} ")
+        seen["separator"] += bool(sep)
+        questions = [q for q, a in scene.qa if qa_text(q, a) in text]
+        captions = [c for c in scene.captions if caption_text(c) in (head if sep else text)]
+        assert questions or captions, text
+        assert all(is_true(c, scene) for c in captions)
+        seen["two captions"] += len(captions) >= 2
+        seen["no caption"] += not captions
+        seen["no question"] += not questions
+        ids = tok.tokens(text)
+        assert ids.count(EOS_ID) == int(bool(sep)) and tok.decode(ids).count("question") == len(questions)
+    # every kind of text occurs often (P_SEPARATOR 0.5, P_SECOND_CAPTION 0.3, P_CAPTION 0.85)
+    assert all(n >= 20 for n in seen.values()), seen

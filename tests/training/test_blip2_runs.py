@@ -151,3 +151,51 @@ def test_stage1_under_torchrun_two_processes(tmp_path, pretrained):
     state = load_state(tmp_path / "checkpoints" / "step-0000002")
     assert state["world"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_experiment_evaluation_on_held_out_scenes(tmp_path, stage1, lm):
+    """The zero-shot experiment's measurements (training.blip2.evaluate) on tiny runs: the LLM alone
+    decodes as transformers' greedy generate does; a stage-2 model answers every question through
+    the public API; accuracy is split by question kind; stage 1 is scored on captions and ITC."""
+    from transformers import OPTForCausalLM
+
+    import blip_core
+    from training.blip2.evaluate import (
+        TextLlm,
+        accuracy_report,
+        held_out_scenes,
+        model_answers,
+        random_caption,
+        stage1_metrics,
+    )
+
+    held = held_out_scenes(97, 3, 16, 2)
+    n_q = sum(len(s.questions) for s in held)
+    llm = TextLlm(lm)
+    folder = lm / "checkpoints" / "step-0000008"
+    hf = OPTForCausalLM.from_pretrained(folder).eval()
+    prompt = f"{held[0].captions[0]}. Question: {held[0].questions[0]} Answer:"
+    ids = torch.tensor([llm.tokenizer.prompt_ids(prompt)])
+    want = hf.generate(ids, do_sample=False, num_beams=1, max_new_tokens=5, min_new_tokens=1,
+                       eos_token_id=2, pad_token_id=1)[0, ids.shape[1]:]
+    assert llm.continue_text(prompt) == llm.tokenizer.decode([t for t in want.tolist() if t != 1])
+    ceiling = llm.answers(held, random_caption(0), "ceiling", progress=False)
+    assert len(ceiling) == n_q and ceiling == llm.answers(held, random_caption(0), "again", progress=False)
+
+    out = tmp_path / "s2"
+    run_blip2(_stage("stage2", out, init=stage1, llm=lm, max_steps=2))
+    preds = model_answers(blip_core.load(str(out / "checkpoints" / "step-0000002")), held, "zs", progress=False)
+    report = accuracy_report(preds, held)
+    assert report["n_questions"] == n_q and set(report["by_kind"]) == {k for s in held for k in s.kinds}
+
+    # accuracy per kind: every answer right but the counts
+    truth = [a if k != "count" else "seventeen" for s in held for a, k in zip(s.answers, s.kinds)]
+    exact = accuracy_report(truth, held)
+    n_count = sum(k == "count" for s in held for k in s.kinds)
+    assert exact["by_kind"].pop("count", 0.0) == 0.0 and set(exact["by_kind"].values()) == {1.0}
+    assert exact["accuracy"] == pytest.approx(1 - n_count / n_q)
+
+    s1 = stage1_metrics(stage1, held, batch_size=2)
+    assert s1["n_images"] == 3 and s1["n_texts"] == sum(len(s.captions) for s in held)
+    assert 0.0 <= s1["retrieval_itc"]["txt_r1"] <= 100.0 and s1["caption"]["cider"] >= 0.0
+    assert all(isinstance(x["prediction"], str) for x in s1["caption"]["samples"][:3])

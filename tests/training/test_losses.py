@@ -89,12 +89,12 @@ def test_hard_negatives_proportional_to_softmax():
     expected[0, 0] = expected[0, 4] = expected[1, 1] = 0.0  # own pairs and the excluded one
     expected = expected / expected.sum(1, keepdim=True)
     g = torch.Generator().manual_seed(0)
-    n = 40000
+    n = 6000  # the frequencies' standard error is <= 0.0065: atol 0.02 is three of them
     counts = torch.zeros_like(sim)
     draws = torch.stack([sample_hard_negatives(sim, exclude, generator=g) for _ in range(n)])  # [n, 2]
     for row in range(2):
         counts[row] = torch.bincount(draws[:, row], minlength=5).float() / n
-    assert torch.allclose(counts, expected, atol=0.01), (counts, expected)
+    assert torch.allclose(counts, expected, atol=0.02), (counts, expected)
 
 
 def test_hard_negatives_vectorised():

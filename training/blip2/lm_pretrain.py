@@ -106,10 +106,7 @@ def run(cfg: LmConfig) -> Run:
 def main(argv: list[str]) -> None:
     args = arg_parser("python -m training.blip2.lm_pretrain", __doc__.splitlines()[0]).parse_args(argv)
     config, overrides = config_and_overrides(args)
-    try:
-        run(parse(LmConfig, config, overrides))
-    finally:
-        dist.cleanup()
+    run(parse(LmConfig, config, overrides))
 
 
 if __name__ == "__main__":

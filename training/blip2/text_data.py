@@ -10,11 +10,13 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from blip_core import scenes
+from blip_core.api_blip2 import ANSWER_TEMPLATES
 from training.data import pre_caption, rng_for
 
 # OPT's special-token layout: <s> 0, <pad> 1, </s> 2 (OPT's BOS and EOS), <unk> 3
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID = 1, 2, 2
+SEPARATOR = SPECIALS[EOS_ID]  # OPT separates documents with </s>
 # the words the stage-2 templates add to the scene world's own ("Question: ... Answer:", "a photo of")
 TEMPLATE_WORDS = ("question", "answer", "short", "photo", "picture", "of", "image")
 SCENE_RENDER_SIZE = 16  # only the texts are used; the smallest image is the cheapest render
@@ -45,15 +47,30 @@ def build_tokenizer(path: str | Path) -> Path:
     return path
 
 
-def qa_text(question: str, answer: str, template: str = "Question: {} Answer:") -> str:
-    return f"{template.format(question)} {answer}"
+def caption_text(caption: str) -> str:
+    """A caption as the LLM reads it before questions: "a red circle above a blue square."."""
+    return pre_caption(caption) + "."
+
+
+def qa_text(question: str, answer: str = "") -> str:
+    """"Question: {question} Answer: {answer}" (BLIP-2's OPT template; without ``answer``, the
+    prompt the LLM answers)."""
+    return f"{ANSWER_TEMPLATES['opt'].format(question)} {answer}".rstrip()
 
 
 class SceneText(Dataset):
-    """Text ``key`` (``epoch * count + i``, as ``EpochBatches`` serves them) of scene ``i``: one of
-    its captions, then 0 .. ``max_qa`` of its question/answer pairs, chosen per epoch. A text has
+    """Text ``key`` (``epoch * count + i``, as ``EpochBatches`` serves them) of scene ``i``, drawn
+    per epoch: its captions part (one caption, or two different ones of the same scene with
+    probability ``P_SECOND_CAPTION``), then 0 .. ``max_qa`` of its question/answer pairs. A text has
     at least one part; some have no caption (what the LLM sees when asked with no image) and some no
-    question (what stage 2 asks of it: the caption alone)."""
+    question (what stage 2 asks of it: the caption alone). Between captions and questions stands
+    ". " or, with probability ``P_SEPARATOR``, OPT's document separator ``</s>``, as when OPT's
+    pre-training concatenates documents: the LLM learns to read a description across ``</s>``,
+    which is where BLIP-2's soft prompt sits (before the prompt's ``</s>``)."""
+
+    P_CAPTION = 0.85  # of texts with questions
+    P_SECOND_CAPTION = 0.3
+    P_SEPARATOR = 0.5
 
     def __init__(self, scene_seed: int, count: int, max_objects: int, seed: int = 0, max_qa: int = 3):
         self.scene_seed, self.count, self.max_objects, self.seed, self.max_qa = (scene_seed, count, max_objects,
@@ -67,6 +84,11 @@ class SceneText(Dataset):
         rng = rng_for(self.seed, key, "text")
         scene = scenes.render(scenes.stream_seed(self.scene_seed, i), SCENE_RENDER_SIZE, self.max_objects)
         n_qa = rng.randint(0, min(self.max_qa, len(scene.qa)))
-        parts = [pre_caption(rng.choice(scene.captions)) + "."] if n_qa == 0 or rng.random() < 0.85 else []
-        parts += [qa_text(q, a) for q, a in rng.sample(list(scene.qa), n_qa)]
-        return {"text": " ".join(parts), "image_id": i, "skipped": 0}
+        captions = []
+        if n_qa == 0 or rng.random() < self.P_CAPTION:
+            k = 2 if len(scene.captions) > 1 and rng.random() < self.P_SECOND_CAPTION else 1
+            captions = [caption_text(c) for c in rng.sample(list(scene.captions), k)]
+        questions = [qa_text(q, a) for q, a in rng.sample(list(scene.qa), n_qa)]
+        separator = " " if not (captions and questions) or rng.random() >= self.P_SEPARATOR else f" {SEPARATOR} "
+        return {"text": separator.join(filter(None, (" ".join(captions), " ".join(questions)))), "image_id": i,
+                "skipped": 0}
