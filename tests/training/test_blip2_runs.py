@@ -165,6 +165,7 @@ def test_experiment_evaluation_on_held_out_scenes(tmp_path, stage1, lm):
         accuracy_report,
         held_out_scenes,
         model_answers,
+        model_captions,
         random_caption,
         stage1_metrics,
     )
@@ -184,8 +185,11 @@ def test_experiment_evaluation_on_held_out_scenes(tmp_path, stage1, lm):
 
     out = tmp_path / "s2"
     run_blip2(_stage("stage2", out, init=stage1, llm=lm, max_steps=2))
-    preds = model_answers(blip_core.load(str(out / "checkpoints" / "step-0000002")), held, "zs", progress=False)
+    loaded = blip_core.load(str(out / "checkpoints" / "step-0000002"))
+    preds = model_answers(loaded, held, "zs", progress=False)
     report = accuracy_report(preds, held)
+    captions = model_captions(loaded, held)
+    assert captions["samples"][0]["prediction"] == loaded.caption(held[0].image).text and captions["cider"] >= 0
     assert report["n_questions"] == n_q and set(report["by_kind"]) == {k for s in held for k in s.kinds}
 
     # accuracy per kind: every answer right but the counts

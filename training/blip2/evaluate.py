@@ -205,5 +205,6 @@ def stage1_metrics(path: str | Path, held_out: list[HeldOutScene], batch_size: i
     txt = torch.cat([model.text_features(ids[s:s + 256], mask[s:s + 256]) for s in range(0, len(texts), 256)])
     sim = torch.einsum("iqe,te->itq", torch.cat(img_feats), txt).amax(-1)
     return {"caption": {**caption_scores(predictions, refs),
-                        "samples": [{"prediction": predictions[i], "references": refs[i][:2]} for i in range(4)]},
+                        "samples": [{"prediction": predictions[i], "references": refs[i][:2]}
+                                    for i in range(min(4, len(refs)))]},
             "retrieval_itc": recall_at_k(sim, img2txt, txt2img), "n_images": len(held_out), "n_texts": len(texts)}
