@@ -28,6 +28,7 @@ from blip_core.model.limits import MAX_TEXT_TOKENS
 from blip_core.model.opt import OptLM, OptSession
 from blip_core.model.text import LMHead
 from blip_core.preprocess import pixel_values_batch
+from blip_core.scenes.truth import is_true
 from blip_core.tokenizer import BlipTokenizer, LlmTokenizer
 from training.data import pre_caption, pre_question
 from training.run_state import load_state, resolve_init
@@ -46,6 +47,7 @@ class HeldOutScene:
     questions: tuple[str, ...]  # pre_question'd
     answers: tuple[str, ...]
     kinds: tuple[str, ...]
+    scene: scenes.Scene  # what the texts are judged against (``scenes.truth.is_true``)
 
 
 def held_out_scenes(seed: int, count: int, size: int, max_objects: int) -> list[HeldOutScene]:
@@ -55,7 +57,7 @@ def held_out_scenes(seed: int, count: int, size: int, max_objects: int) -> list[
         s = scenes.render(scenes.stream_seed(seed, i), size, max_objects)
         out.append(HeldOutScene(np.asarray(s.image.convert("RGB")), tuple(pre_caption(c) for c in s.captions),
                                 tuple(pre_question(q) for q, _ in s.qa), tuple(a for _, a in s.qa),
-                                tuple(scenes.question_kind(q) for q, _ in s.qa)))
+                                tuple(scenes.question_kind(q) for q, _ in s.qa), s))
     return out
 
 
@@ -97,10 +99,12 @@ def model_answers(model: LoadedModel, held_out: list[HeldOutScene], desc: str, p
 
 def model_captions(model: LoadedModel, held_out: list[HeldOutScene]) -> dict:
     """Greedy captions through ``model.caption`` (no prompt): BLEU-4 and CIDEr against every
-    reference caption, and a few samples. For a stage-2 model: what the soft prompt tells the LLM."""
+    reference caption, the share that is true of its scene (``is_true``: names an object and
+    nothing false), and a few samples. For a stage-2 model: what the soft prompt tells the LLM."""
     predictions = {i: model.caption(s.image, max_new_tokens=20).text for i, s in enumerate(held_out)}
     refs = {i: list(s.captions) for i, s in enumerate(held_out)}
-    return {**caption_scores(predictions, refs),
+    true = sum(is_true(predictions[i], s.scene) for i, s in enumerate(held_out)) / len(held_out)
+    return {**caption_scores(predictions, refs), "true": true,
             "samples": [{"prediction": predictions[i], "references": refs[i][:2]} for i in range(min(4, len(refs)))]}
 
 

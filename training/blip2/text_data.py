@@ -66,7 +66,8 @@ class SceneText(Dataset):
     question (what stage 2 asks of it: the caption alone). Between captions and questions stands
     ". " or, with probability ``P_SEPARATOR``, OPT's document separator ``</s>``, as when OPT's
     pre-training concatenates documents: the LLM learns to read a description across ``</s>``,
-    which is where BLIP-2's soft prompt sits (before the prompt's ``</s>``)."""
+    which is where BLIP-2's soft prompt sits (before the prompt's ``</s>``). Every answer is
+    followed by ``</s>``, so the LLM stops after answering."""
 
     P_CAPTION = 0.85  # of texts with questions
     P_SECOND_CAPTION = 0.3
@@ -90,5 +91,7 @@ class SceneText(Dataset):
             captions = [caption_text(c) for c in rng.sample(list(scene.captions), k)]
         questions = [qa_text(q, a) for q, a in rng.sample(list(scene.qa), n_qa)]
         separator = " " if not (captions and questions) or rng.random() >= self.P_SEPARATOR else f" {SEPARATOR} "
-        return {"text": separator.join(filter(None, (" ".join(captions), " ".join(questions)))), "image_id": i,
-                "skipped": 0}
+        # each answer ends its document: the LLM learns to stop after an answer (</s>), as the
+        # last one's end of text (the objective appends </s>) teaches it too
+        qa = f" {SEPARATOR} ".join(questions)
+        return {"text": separator.join(filter(None, (" ".join(captions), qa))), "image_id": i, "skipped": 0}
