@@ -290,6 +290,17 @@ def test_a_second_thread_count_shares_the_pool_and_says_so(dirs, caplog):
     assert m.caption(_image(), max_new_tokens=3).token_ids
 
 
+@pytest.fixture(scope="module")
+def converted(dirs, tmp_path_factory) -> Path:
+    """A cache holding the caption model's conversion, made once: the fresh processes below load
+    from it (no torch, no conversion of their own)."""
+    root = tmp_path_factory.mktemp("converted")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BLIPCAM_CACHE", str(root))
+        blip_core.load(dirs["caption"], precision="int8", threads=1, warmup=False)
+    return root
+
+
 def _fresh_process(script: str, **env: str):
     """Run ``script`` in a new interpreter: ONNX Runtime's thread pool is per process."""
     import subprocess
@@ -309,28 +320,28 @@ print(m.caption(np.full((48, 48, 3), 128, np.uint8), max_new_tokens=3).token_ids
 """
 
 
-def test_without_the_global_pool_each_session_has_a_pool_that_does_not_spin(dirs, cache):
+def test_without_the_global_pool_each_session_has_a_pool_that_does_not_spin(dirs, converted):
     """onnxruntime releases before the Python global pool."""
     done = _fresh_process(f"""
 import onnxruntime as ort, blip_core
 del ort.set_global_thread_pool_sizes
 m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
-""" + _NO_SPIN_CHECK)
+""" + _NO_SPIN_CHECK, BLIPCAM_CACHE=str(converted))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().startswith("(")
 
 
-def test_other_onnx_models_of_the_process_need_the_opt_out(dirs, cache):
+def test_other_onnx_models_of_the_process_need_the_opt_out(dirs, converted):
     """Once the one pool exists, ORT refuses sessions with threads of their own (an app's other
     ONNX models); BLIPCAM_ORT_SHARED_POOL=0 keeps a non-spinning pool per session instead."""
     script = f"""
 import glob, onnxruntime as ort, blip_core
 m = blip_core.load({str(dirs["caption"])!r}, precision="int8", threads=1, warmup=False)
-ort.InferenceSession(glob.glob({str(cache)!r} + "/int8/*/vision.int8.onnx")[0])
+ort.InferenceSession(glob.glob({str(converted)!r} + "/int8/*/vision.int8.onnx")[0])
 """
-    shared = _fresh_process(script)
+    shared = _fresh_process(script, BLIPCAM_CACHE=str(converted))
     assert shared.returncode != 0 and "use_per_session_threads must be false" in shared.stderr
-    opted_out = _fresh_process(script + _NO_SPIN_CHECK, BLIPCAM_ORT_SHARED_POOL="0")
+    opted_out = _fresh_process(script + _NO_SPIN_CHECK, BLIPCAM_ORT_SHARED_POOL="0", BLIPCAM_CACHE=str(converted))
     assert opted_out.returncode == 0, opted_out.stderr[-2000:]
     assert opted_out.stdout.strip().startswith("(")
 
