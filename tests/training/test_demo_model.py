@@ -95,6 +95,7 @@ def test_captions_name_the_shape_of_a_lone_object(demo):
     assert right >= 22  # 28 of 40 when measured
 
 
+@pytest.mark.slow  # make test's time budget; the shapes and counts of one object stay in make test
 def test_tells_shapes_and_counts_on_crowded_scenes(demo):
     """Shapes and counts among up to three objects, taught by the curriculum's later stages (the
     model before them: shapes 0.54, counts 0.65 on the held-out scenes)."""
