@@ -10,9 +10,7 @@ VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 # aarch64 (a Pi): PyPI's torch 2.13 aarch64 wheel requires CUDA packages on Linux (cuda-toolkit,
 # cudnn, nccl: gigabytes on an SD card), so take the CPU build from PyTorch's own index.
 TORCH_PIN := $(if $(filter x86_64,$(ARCH)),torch==2.13.0,$(if $(filter aarch64,$(ARCH)),torch --index-url https://download.pytorch.org/whl/cpu,))
-# --no-compile: Python compiles what it imports on first use; pip would compile every file of torch
-# and transformers up front (~20 s of make test's install, most of it never imported)
-PIP := $(PY) -m pip install --disable-pip-version-check -q --no-compile
+PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: run test test-slow soak bench aarch64-check capfilt-experiment blip2-experiment demo-model screenshot clean
 

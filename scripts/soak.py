@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1 / 30, help="seconds per generated frame (default: 30 fps)")
     p.add_argument("--model", default=str(REPO / "assets" / "blip-scenes-demo"))
     p.add_argument("--precision", default="int8")
+    p.add_argument("--threads", type=int, default=None, help="the app's inference threads (default: its own)")
     p.add_argument("--question-every", type=float, default=5.0, help="seconds between questions")
     p.add_argument("--snapshot-every", type=float, default=30.0, help="seconds between snapshots")
     p.add_argument("--warmup", type=float, default=0.25, help="fraction of the run before memory is compared")
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         status = blip_cam(["--source", "scenes", "--interval", str(args.interval), "--model", args.model,
                            "--precision", args.precision, "--settings", str(Path(tmp) / "soak.ini"),
-                           "--snapshot-dir", str(Path(tmp) / "snapshots")])
+                           "--snapshot-dir", str(Path(tmp) / "snapshots"),
+                           *(["--threads", str(args.threads)] if args.threads else [])])
     timer.stop()
     del app
     if status != 0:
