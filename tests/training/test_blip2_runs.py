@@ -130,6 +130,21 @@ def test_stage2_without_stage1_starts_from_the_text_encoder(tmp_path, pretrained
     assert [r["step"] for r in records(out)] == [1, 2]
 
 
+def test_stage2_qformer_from_the_text_encoder_or_from_scratch(tmp_path, pretrained, lm):
+    """The ablation's two starting points: the image encoder always from the BLIP checkpoint, the
+    Q-Former's self-attention from its text encoder, or random (qformer_from=scratch)."""
+    from blip_core.checkpoints import load_model
+    from training.blip2.build import stage2_model
+
+    blip = load_model(pretrained)[0].state_dict()
+    text_q = blip["text_encoder.layers.0.self_attn.query.weight"]
+    for origin, same in (("text_encoder", True), ("scratch", False)):
+        model = stage2_model(_stage("stage2", tmp_path / origin, init=pretrained, llm=lm, qformer_from=origin))[0]
+        sd = model.state_dict()
+        assert torch.equal(sd["qformer.layers.0.self_attn.query.weight"], text_q) is same, origin
+        assert torch.equal(sd["vision.blocks.0.attn.qkv.weight"], blip["vision.blocks.0.attn.qkv.weight"])
+
+
 @pytest.mark.slow  # multi-process or long: make test-slow (make test's time budget)
 def test_stage1_under_torchrun_two_processes(tmp_path, pretrained):
     """gloo on CPU: ITC negatives and ITM candidates gathered over both ranks (equal padding),

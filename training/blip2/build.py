@@ -85,10 +85,11 @@ def _from_blip(cfg: Blip2TrainConfig, text_input: bool, llm: LLMConfig | None):
     if q.layers > t.layers:
         raise CheckpointError(f"qformer_layers={q.layers}: the text encoder has only {t.layers} layers to start from")
     model = Blip2Model(Blip2Config(vision=ck.cfg.vision, qformer=q, llm=llm, embed_dim=cfg.embed_dim))
-    names = [n for n in model.state_dict() if text_encoder_source(n) is not None]
+    keep = ("vision.",) if cfg.qformer_from == "scratch" else ("vision.", "qformer.")
+    names = [n for n in model.state_dict() if text_encoder_source(n) is not None and n.startswith(keep)]
     loaded = _fill(model, lambda n: source.get(text_encoder_source(n)), names)
-    log.info("init %s: image encoder and Q-Former self-attention/FFNs from the BLIP checkpoint (%d tensors); "
-             "cross-attention, query tokens and heads fresh", cfg.init, len(loaded))
+    log.info("init %s: image encoder%s from the BLIP checkpoint (%d tensors); the rest fresh", cfg.init,
+             "" if cfg.qformer_from == "scratch" else " and Q-Former self-attention/FFNs", len(loaded))
     return model, tokenizer_for(ck), source
 
 

@@ -25,6 +25,9 @@ class Blip2TrainConfig(Optimisation, Common):
     num_queries: int = 32
     cross_every: int = 2  # the queries cross-attend to the image in layers 0, k, 2k, ...
     qformer_layers: int = 0  # 0 = as many as the text encoder it starts from
+    # where the Q-Former's self-attention and FFNs start when init is a BLIP checkpoint: its text
+    # encoder (as LAVIS starts from BERT), or scratch (random; only the image encoder is copied)
+    qformer_from: str = "text_encoder"
     temp: float = 0.07  # stage 1: initial ITC temperature (learnable, clamped to [0.001, 0.5])
     task: str = "caption"  # stage 2 data: caption (captions) | vqa (questions with the template)
     prompt: str = ""  # stage 2 / caption fine-tuning: an instruction before the caption, e.g. "a photo of"
@@ -41,6 +44,7 @@ class Blip2TrainConfig(Optimisation, Common):
         if self.stage:
             _choice("stage", self.stage, STAGES)
         _choice("task", self.task, ("caption", "vqa"))
+        _choice("qformer_from", self.qformer_from, ("text_encoder", "scratch"))
         _positive("num_queries", self.num_queries)
         _positive("cross_every", self.cross_every)
         _positive("qformer_layers", self.qformer_layers, allow_zero=True)
