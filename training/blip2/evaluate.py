@@ -102,9 +102,15 @@ def model_captions(model: LoadedModel, held_out: list[HeldOutScene]) -> dict:
     reference caption, the share that is true of its scene (``is_true``: names an object and
     nothing false), and a few samples. For a stage-2 model: what the soft prompt tells the LLM."""
     predictions = {i: model.caption(s.image, max_new_tokens=20).text for i, s in enumerate(held_out)}
-    refs = {i: list(s.captions) for i, s in enumerate(held_out)}
     true = sum(is_true(predictions[i], s.scene) for i, s in enumerate(held_out)) / len(held_out)
-    return {**caption_scores(predictions, refs), "true": true,
+    return {**caption_report(predictions, held_out), "true": true}
+
+
+def caption_report(predictions: dict[int, str], held_out: list[HeldOutScene]) -> dict:
+    """BLEU-4 and CIDEr of one caption per scene (keyed by index) against all its references, and
+    the first few with their references."""
+    refs = {i: list(s.captions) for i, s in enumerate(held_out)}
+    return {**caption_scores(predictions, refs),
             "samples": [{"prediction": predictions[i], "references": refs[i][:2]} for i in range(min(4, len(refs)))]}
 
 
@@ -199,7 +205,6 @@ def stage1_metrics(path: str | Path, held_out: list[HeldOutScene], batch_size: i
         start = np.full((len(chunk), 1), tokenizer.dec_id, dtype=np.int64)
         hyps = generate(_QFormerCaptioner(model, head, embeds), start, opts, tokenizer.sep_id, tokenizer.pad_id)
         predictions.update({s0 + j: tokenizer.decode(h[0].tokens) for j, h in enumerate(hyps)})
-    refs = {i: list(s.captions) for i, s in enumerate(held_out)}
     texts, txt2img, img2txt = [], [], []
     for i, s in enumerate(held_out):
         img2txt.append(list(range(len(texts), len(texts) + len(s.captions))))
@@ -208,7 +213,5 @@ def stage1_metrics(path: str | Path, held_out: list[HeldOutScene], batch_size: i
     ids, mask = tokenizer(texts, first="cls", max_length=MAX_TEXT_TOKENS)
     txt = torch.cat([model.text_features(ids[s:s + 256], mask[s:s + 256]) for s in range(0, len(texts), 256)])
     sim = torch.einsum("iqe,te->itq", torch.cat(img_feats), txt).amax(-1)
-    return {"caption": {**caption_scores(predictions, refs),
-                        "samples": [{"prediction": predictions[i], "references": refs[i][:2]}
-                                    for i in range(min(4, len(refs)))]},
+    return {"caption": caption_report(predictions, held_out),
             "retrieval_itc": recall_at_k(sim, img2txt, txt2img), "n_images": len(held_out), "n_texts": len(texts)}

@@ -159,7 +159,8 @@ def wall_minutes(run: Path) -> float:
 
 
 def evaluate_all(runs: dict[str, Path], s: Scale, progress: bool) -> dict:
-    size = blip_core.load(str(demo_model_path()), warmup=False).image_size
+    demo = blip_core.load(str(demo_model_path()))  # the supervised reference, and the image size of every model
+    size = demo.image_size
     held_out = held_out_scenes(TEST_SEED, s.n_test, size, s.max_objects)
     llm = TextLlm(resolve_init(str(runs["lm"])))
     results, timing, captions, curves = {}, {}, {}, {}
@@ -178,7 +179,6 @@ def evaluate_all(runs: dict[str, Path], s: Scale, progress: bool) -> dict:
         curves[name] = learning_curve(runs[run], held_out, progress)
     timed("caption_ceiling", lambda: llm.answers(held_out, random_caption(s.seed), "caption_ceiling", progress))
     timed("prior", lambda: llm.answers(held_out, lambda _: "", "prior", progress))
-    demo = blip_core.load(str(demo_model_path()))
     timed("blip_demo", lambda: model_answers(demo, held_out, "blip_demo", progress))
     stage1 = stage1_metrics(resolve_init(str(runs["stage1"])), held_out)
     log(f"stage 1: CIDEr {stage1['caption']['cider']:.3f}, ITC R@1 txt {stage1['retrieval_itc']['txt_r1']:.1f} "
